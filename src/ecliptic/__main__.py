@@ -1,0 +1,3 @@
+from ecliptic.cli.main import app
+
+app(prog_name="ecliptic")

@@ -1,0 +1,126 @@
+"""Assembly: settings → store → platforms → broker → engine workers → HTTP application."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+
+from ecliptic import __version__
+from ecliptic.broker.api import build_router, not_found_handler
+from ecliptic.broker.handlers import handlers
+from ecliptic.broker.planner import Planner, PlannerSettings
+from ecliptic.broker.schema import ExecutionRequest, PhaseUpdate
+from ecliptic.broker.service import Broker, NotFound
+from ecliptic.config import Settings, get_settings
+from ecliptic.engine import Worker
+from ecliptic.http import errors
+from ecliptic.http.negotiation import negotiated, render
+from ecliptic.platforms.base import Capacity, Platform
+from ecliptic.platforms.local import LocalPlatform
+from ecliptic.store import Database, upgrade
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    broker: Broker
+    worker: Worker
+
+
+def build_platforms(settings: Settings) -> dict[str, Platform]:
+    capacity = Capacity(
+        cores=settings.local_cores,
+        memory_gib=settings.local_memory_gib,
+        storage_gib=settings.local_storage_gib,
+        max_duration=settings.local_max_duration,
+    )
+    return {"local": LocalPlatform(capacity)}
+
+
+def build_services(settings: Settings | None = None) -> Services:
+    settings = settings or get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.resolved_database_url())
+    upgrade(db)
+    platforms = build_platforms(settings)
+    planner = Planner(
+        platforms,
+        PlannerSettings(
+            default_start_range=settings.default_start_range,
+            slot_step=settings.slot_step,
+            release_margin=settings.release_margin,
+            max_offers=settings.max_offers,
+        ),
+    )
+    worker_box: list[Worker] = []
+    broker = Broker(db, settings, platforms, planner, wake=lambda: worker_box[0].wake() if worker_box else None)
+    broker.sync_platforms()
+    worker = Worker(
+        db, handlers(broker), threads=settings.workers, lease=settings.lease, idle_poll=settings.idle_poll
+    )
+    worker_box.append(worker)
+    return Services(settings, db, broker, worker)
+
+
+def create_app(settings: Settings | None = None, *, run_workers: bool = True) -> FastAPI:
+    services = build_services(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if run_workers:
+            services.worker.start()
+        try:
+            yield
+        finally:
+            if run_workers:
+                services.worker.stop()
+            services.db.dispose()
+
+    app = FastAPI(
+        title="Ecliptic",
+        version=__version__,
+        summary="IVOA ExecutionBroker: ask for offers, accept one, watch it run, read its output.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.state.broker = services.broker
+    errors.install(app)
+    app.add_exception_handler(NotFound, not_found_handler)  # type: ignore[arg-type]
+    app.include_router(build_router())
+
+    @app.get("/health", tags=["service"])
+    async def health(request: Request) -> Response:
+        return render(
+            {
+                "status": "ok",
+                "version": __version__,
+                "database": services.db.engine.dialect.name,
+                "platforms": sorted(services.broker.platforms),
+            },
+            negotiated(request),
+        )
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (ExecutionRequest, PhaseUpdate):
+            generated = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(generated.pop("$defs", {}))
+            components[model.__name__] = generated
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,1 @@
+"""The IVOA ExecutionBroker: offers, booking and the session lifecycle."""

@@ -1,0 +1,131 @@
+"""Session and component phase changes, inside the caller's unit of work.
+
+Every change is written with its reason to ``transitions``; a session's capacity booking lives exactly as
+long as the session holds capacity; and each change that needs work in the world schedules the engine item
+that will do it (write-ahead), so a crash between the two loses nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from ecliptic import engine
+from ecliptic.broker.phases import CLIENT_TRANSITIONS, COMPONENT_TERMINAL, ComponentPhase, SessionPhase
+from ecliptic.isotime import format_instant
+from ecliptic.store.tables import BookingRow, ComponentRow, SessionRow, TransitionRow
+
+EXPIRE = "broker.offer.expire"
+ADVANCE = "broker.session.advance"
+PURGE = "broker.session.purge"
+
+
+class TransitionRefused(Exception):
+    """A client asked for a phase change that is not allowed from the session's current phase."""
+
+
+def set_phase(session: Session, row: SessionRow, phase: SessionPhase, now: datetime, reason: str | None = None) -> None:
+    if row.phase == phase:
+        return
+    session.add(
+        TransitionRow(session_uuid=row.uuid, component=None, at=now, from_phase=row.phase, to_phase=phase,
+                      reason=reason)
+    )
+    row.phase = phase
+    row.modified = now
+    if reason and phase in (SessionPhase.FAILED, SessionPhase.CANCELLED, SessionPhase.EXPIRED,
+                            SessionPhase.REJECTED):
+        row.reason = reason
+
+
+def set_component_phase(
+    session: Session, row: SessionRow, component: ComponentRow, phase: ComponentPhase, now: datetime,
+    reason: str | None = None,
+) -> None:
+    if component.phase == phase:
+        return
+    session.add(
+        TransitionRow(session_uuid=row.uuid, component=component.role, at=now, from_phase=component.phase,
+                      to_phase=phase, reason=reason)
+    )
+    component.phase = phase
+    row.modified = now
+
+
+def end_components(session: Session, row: SessionRow, phase: ComponentPhase, now: datetime, reason: str) -> None:
+    for component in row.components:
+        if component.phase not in COMPONENT_TERMINAL:
+            set_component_phase(session, row, component, phase, now, reason)
+
+
+def free_capacity(session: Session, row: SessionRow) -> None:
+    session.execute(delete(BookingRow).where(BookingRow.session_uuid == row.uuid))
+
+
+def expire_if_due(session: Session, row: SessionRow, now: datetime) -> bool:
+    if row.phase != SessionPhase.OFFERED or row.expires is None or row.expires > now:
+        return False
+    set_phase(session, row, SessionPhase.EXPIRED, now, f"the offer expired at {format_instant(row.expires)}")
+    free_capacity(session, row)
+    engine.cancel(session, EXPIRE, row.uuid)
+    return True
+
+
+def reject(session: Session, row: SessionRow, now: datetime, reason: str) -> None:
+    set_phase(session, row, SessionPhase.REJECTED, now, reason)
+    free_capacity(session, row)
+    engine.cancel(session, EXPIRE, row.uuid)
+
+
+def accept(session: Session, row: SessionRow, now: datetime, reason: str = "accepted by the client") -> None:
+    set_phase(session, row, SessionPhase.ACCEPTED, now, reason)
+    booking = session.get(BookingRow, row.uuid)
+    if booking is not None:
+        booking.expires_s = None
+    engine.cancel(session, EXPIRE, row.uuid)
+    if row.offerset_uuid is not None:
+        siblings = session.scalars(
+            select(SessionRow).where(
+                SessionRow.offerset_uuid == row.offerset_uuid,
+                SessionRow.uuid != row.uuid,
+                SessionRow.phase == SessionPhase.OFFERED,
+            )
+        ).all()
+        for sibling in siblings:
+            reject(session, sibling, now, f"another offer of the same offer set ({row.uuid}) was accepted")
+    engine.schedule(session, ADVANCE, row.uuid, now)
+
+
+def stop(session: Session, row: SessionRow, phase: SessionPhase, now: datetime, reason: str) -> None:
+    """End a live session as CANCELLED or FAILED; the advance handler then stops its work and frees capacity."""
+    set_phase(session, row, phase, now, reason)
+    engine.schedule(session, ADVANCE, row.uuid, now)
+
+
+def client_update(session: Session, row: SessionRow, target: SessionPhase, now: datetime, reason: str | None) -> None:
+    """Apply a phase change a client asked for, or raise :class:`TransitionRefused` saying why not."""
+    current = SessionPhase(row.phase)
+    if target == current and target != SessionPhase.OFFERED:
+        return  # idempotent repeat (e.g. a retried ACCEPT after a lost response)
+    if target == SessionPhase.FAILED and current not in (
+        SessionPhase.OFFERED, SessionPhase.REJECTED, SessionPhase.EXPIRED, SessionPhase.COMPLETED,
+        SessionPhase.FAILED, SessionPhase.CANCELLED,
+    ):
+        stop(session, row, SessionPhase.FAILED, now, reason or "marked FAILED by the client")
+        return
+    allowed = CLIENT_TRANSITIONS.get(current, frozenset())
+    if target not in allowed:
+        if current == SessionPhase.EXPIRED and row.expires is not None:
+            why = f"the offer expired at {format_instant(row.expires)}"
+        else:
+            why = f"the session is {current.value}"
+        options = ", ".join(sorted(allowed)) or "nothing: the session is finished"
+        raise TransitionRefused(f"Cannot change phase to {target.value}: {why}. Allowed now: {options}.")
+    if target == SessionPhase.ACCEPTED:
+        accept(session, row, now)
+    elif target == SessionPhase.REJECTED:
+        reject(session, row, now, reason or "rejected by the client")
+    elif target == SessionPhase.CANCELLED:
+        stop(session, row, SessionPhase.CANCELLED, now, reason or "cancelled by the client")

@@ -1,0 +1,220 @@
+"""Offers: where and when a plan fits on each platform's capacity calendar.
+
+The planner honours the requested start windows (start *and* end), the minimum and maximum cores and memory,
+the storage size and the duration; every offer is one time slot; no offer starts in the past. It offers, in
+this order: the earliest slot at the largest size that fits there; a later slot with the full requested
+maximum, when the earliest one is smaller; then later, non-overlapping slots; on every platform that can run
+the executable. Callers hold the platform lock (see :meth:`Planner.lock`) from reading the calendar until the
+offers are booked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from ecliptic.broker import messages
+from ecliptic.broker.calendar import CapacityCalendar, Fit, Hold, Resources
+from ecliptic.broker.plan import Plan
+from ecliptic.broker.schema import Message
+from ecliptic.isotime import Interval, format_duration, format_instant
+from ecliptic.platforms.base import Platform
+from ecliptic.store.tables import BookingRow, PlatformRow
+
+MAX_CANDIDATES = 5000
+"""How many candidate starts one platform may try for one request: bounds the cost of a hopeless request."""
+
+DATA_STAGING_SECONDS = {"file": 5.0, "http": 30.0, "https": 30.0}
+
+
+@dataclass(frozen=True)
+class Offer:
+    platform: str
+    prepare_start: datetime
+    available_start: datetime
+    available_end: datetime
+    release_end: datetime
+    cores: int
+    memory_gib: int
+    storage_gib: int
+
+
+@dataclass(frozen=True)
+class PlannerSettings:
+    default_start_range: timedelta
+    slot_step: timedelta
+    release_margin: timedelta
+    max_offers: int
+
+
+def _epoch(value: datetime) -> int:
+    return int(value.timestamp())
+
+
+
+def _align(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+def preparation_seconds(plan: Plan, platform: Platform) -> float:
+    """Storage and executable prepare side by side, then data is staged, then compute starts."""
+    estimates = platform.info.prepare_seconds
+    staging = 0.0
+    for data in plan.data:
+        scheme = str(data.spec.get("location", "")).split(":", 1)[0].lower()
+        staging = max(staging, DATA_STAGING_SECONDS.get(scheme, 30.0))
+    parallel = max(estimates.get("storage", 0.0), estimates.get("executable", 0.0))
+    return parallel + staging + estimates.get("compute", 0.0)
+
+
+class Planner:
+    def __init__(self, platforms: dict[str, Platform], settings: PlannerSettings) -> None:
+        self.platforms = platforms
+        self.settings = settings
+
+    def lock(self, session: Session, names: Sequence[str]) -> None:
+        """Serialise booking per platform. SQLite's write transaction already does; PostgreSQL needs a row lock."""
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(
+                select(PlatformRow.name).where(PlatformRow.name.in_(sorted(names))).order_by(PlatformRow.name)
+                .with_for_update()
+            ).all()
+
+    def offers(self, session: Session, plan: Plan, now: datetime, limit: int | None = None) -> list[Offer] | list[Message]:
+        """Offers for ``plan``, or the messages that explain why there are none."""
+        limit = limit or self.settings.max_offers
+        found: list[Offer] = []
+        reasons: list[Message] = []
+        for name, platform in self.platforms.items():
+            result = self._offers_on(session, name, platform, plan, now, limit)
+            if isinstance(result, Message):
+                reasons.append(result)
+            else:
+                found.extend(result)
+        if not found:
+            return reasons
+        found.sort(key=lambda offer: (offer.available_start, -offer.cores, -offer.memory_gib, offer.platform))
+        return found[:limit]
+
+    def _offers_on(
+        self, session: Session, name: str, platform: Platform, plan: Plan, now: datetime, limit: int
+    ) -> list[Offer] | Message:
+        info = platform.info
+        capacity = info.capacity
+        if plan.executable.kind not in info.executable_kinds:
+            return messages.error(
+                "urn:not-supported", "Platform {platform} cannot run executables of kind {kind}",
+                platform=name, kind=plan.executable.kind,
+            )
+        if plan.duration > capacity.max_duration:
+            return messages.error(
+                "urn:resource-limit",
+                "The requested duration {requested} is longer than the maximum {maximum} on platform {platform}",
+                requested=format_duration(plan.duration), maximum=format_duration(capacity.max_duration),
+                platform=name,
+            )
+        for label, wanted, limit_value in (
+            ("compute.cores.min", plan.cores[0], capacity.cores),
+            ("compute.memory.min", plan.memory_gib[0], capacity.memory_gib),
+            ("storage size", plan.storage_gib, capacity.storage_gib),
+        ):
+            if wanted > limit_value:
+                return messages.error(
+                    "urn:resource-limit",
+                    "{field} asks for {requested}, more than platform {platform} has in all ({limit})",
+                    field=label, requested=wanted, platform=name, limit=limit_value,
+                )
+
+        step = max(1, int(self.settings.slot_step.total_seconds()))
+        prep = _align(int(preparation_seconds(plan, platform) + 0.999), step)
+        duration = int(plan.duration.total_seconds())
+        release = int(self.settings.release_margin.total_seconds())
+        length = prep + duration + release
+        now_s = int(now.timestamp())
+        windows = plan.starts or [Interval(now, now + self.settings.default_start_range)]
+        # Hold-start ranges: a session available at t holds its capacity from t - prep.
+        ranges = []
+        for window in windows:
+            earliest = max(_epoch(window.start), now_s + prep) - prep
+            latest = _epoch(window.end) - prep
+            if _align(earliest, step) <= latest:
+                ranges.append((earliest, latest))
+        if not ranges:
+            first_start = _align(now_s + prep, step)
+            return messages.error(
+                "urn:start-too-soon",
+                "Platform {platform} needs {prepare} to prepare, so the earliest start is {earliest}; "
+                "every requested start interval closes before then",
+                platform=name, prepare=format_duration(timedelta(seconds=prep)),
+                earliest=format_instant(datetime.fromtimestamp(first_start, tz=now.tzinfo)),
+            )
+        ranges.sort()
+        calendar = self._calendar(session, name, capacity_of(platform), ranges[0][0], ranges[-1][1] + length, now_s)
+        need = Resources(plan.cores[0], plan.memory_gib[0], plan.storage_gib)
+        best = Resources(plan.cores[1], plan.memory_gib[1], plan.storage_gib)
+
+        def fits(wanted: Resources) -> Iterator[Fit]:
+            for earliest, latest in ranges:
+                yield from calendar.fits(earliest, latest, length, wanted, step, MAX_CANDIDATES)
+
+        def offer(fit: Fit) -> Offer:
+            start = fit.start
+            tz = now.tzinfo
+            return Offer(
+                platform=name,
+                prepare_start=datetime.fromtimestamp(start, tz=tz),
+                available_start=datetime.fromtimestamp(start + prep, tz=tz),
+                available_end=datetime.fromtimestamp(start + prep + duration, tz=tz),
+                release_end=datetime.fromtimestamp(start + length, tz=tz),
+                cores=min(best.cores, fit.free.cores),
+                memory_gib=min(best.memory_gib, fit.free.memory_gib),
+                storage_gib=plan.storage_gib,
+            )
+
+        chosen: list[Offer] = []
+        first = next(fits(need), None)
+        if first is None:
+            return messages.error(
+                "urn:no-capacity",
+                "Platform {platform} has no room for {cores} cores, {memory} GiB memory and {storage} GiB storage "
+                "for {duration} in the requested start range",
+                platform=name, cores=need.cores, memory=need.memory_gib, storage=need.storage_gib,
+                duration=format_duration(plan.duration),
+            )
+        chosen.append(offer(first))
+        if not best.fits_in(first.free) and len(chosen) < limit:
+            bigger = next(fits(best), None)
+            if bigger is not None and bigger.start != first.start:
+                chosen.append(offer(bigger))
+        last_start = first.start
+        for fit in fits(need):
+            if len(chosen) >= limit:
+                break
+            if fit.start >= last_start + duration and all(o.prepare_start.timestamp() != fit.start for o in chosen):
+                chosen.append(offer(fit))
+                last_start = fit.start
+        return chosen
+
+    def _calendar(
+        self, session: Session, platform: str, capacity: Resources, start: int, end: int, now: int
+    ) -> CapacityCalendar:
+        rows = session.execute(
+            select(
+                BookingRow.start_s, BookingRow.end_s, BookingRow.cores, BookingRow.memory_gib, BookingRow.storage_gib
+            ).where(
+                BookingRow.platform == platform,
+                BookingRow.end_s > start,
+                BookingRow.start_s < end,
+                or_(BookingRow.expires_s.is_(None), BookingRow.expires_s > now),
+            )
+        ).all()
+        return CapacityCalendar(capacity, (Hold(*row) for row in rows))
+
+
+def capacity_of(platform: Platform) -> Resources:
+    capacity = platform.info.capacity
+    return Resources(capacity.cores, capacity.memory_gib, capacity.storage_gib)

@@ -1,0 +1,216 @@
+"""Pydantic models of the ExecutionBroker wire format (Calycopis-openapi schema v1.0.7), in and out.
+
+Input models validate what the broker understands and keep unknown fields (``extra="allow"``) so that the
+validator can warn about them instead of silently dropping a misspelt field. Output models are what the API
+serialises, to JSON or YAML, with empty fields left out.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ecliptic.broker import kinds
+from ecliptic.broker.phases import ComponentPhase, SessionPhase
+
+Level = Literal["DEBUG", "INFO", "WARN", "ERROR", "OTHER"]
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+# -- shared parts --------------------------------------------------------------------------------------------
+class Message(BaseModel):
+    kind: str
+    time: datetime
+    level: Level
+    template: str
+    values: dict[str, str] = Field(default_factory=dict)
+    message: str
+
+
+class EnumValueOption(BaseModel):
+    kind: str = kinds.ENUM_OPTION
+    path: str = "phase"
+    values: list[str]
+
+
+class Meta(BaseModel):
+    uuid: str | None = None
+    name: str | None = None
+    url: str | None = None
+    description: str | None = None
+    created: datetime | None = None
+    modified: datetime | None = None
+    messages: list[Message] = Field(default_factory=list)
+    options: list[EnumValueOption] = Field(default_factory=list)
+
+
+class MetaIn(WireModel):
+    name: str | None = None
+    description: str | None = None
+
+
+class MinMax(WireModel):
+    min: int | None = Field(default=None, ge=0)
+    max: int | None = Field(default=None, ge=0)
+
+
+class Checksum(WireModel):
+    type: str
+    value: str
+
+
+class StartDuration(BaseModel):
+    start: str | None = None
+    duration: str | None = None
+
+
+class ComponentSchedule(BaseModel):
+    preparing: StartDuration | None = None
+    available: StartDuration | None = None
+    releasing: StartDuration | None = None
+
+
+# -- request -------------------------------------------------------------------------------------------------
+class ComponentIn(WireModel):
+    kind: str
+    meta: MetaIn | None = None
+    name: str | None = None  # older models carried the name at top level
+
+    @field_validator("kind")
+    @classmethod
+    def _normalise_kind(cls, value: str) -> str:
+        return kinds.normalise(value)
+
+    @property
+    def display_name(self) -> str | None:
+        return (self.meta.name if self.meta else None) or self.name
+
+
+class CommandExecutableIn(ComponentIn):
+    """``urn:ecliptic:executable:command``: an argv list run on the platform, as docker-container's ``command``."""
+
+    command: list[str] = Field(min_length=1)
+    environment: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("command")
+    @classmethod
+    def _non_empty_program(cls, value: list[str]) -> list[str]:
+        if not value[0].strip():
+            raise ValueError("the first element of command (the program) must not be empty")
+        return value
+
+
+class VolumeMountIn(WireModel):
+    kind: str | None = None
+    path: str
+    mode: Literal["READONLY", "READWRITE"] = "READONLY"
+    resource: str
+
+
+class ComputeIn(ComponentIn):
+    cores: MinMax | None = None
+    memory: MinMax | None = None
+    volumes: list[VolumeMountIn] = Field(default_factory=list)
+
+
+class StorageIn(ComponentIn):
+    size: MinMax | None = None
+    data: list[str] = Field(default_factory=list)
+
+
+class SimpleDataIn(ComponentIn):
+    location: str
+    storage: str | None = None
+    checksum: Checksum | None = None
+
+
+class RequestedSchedule(WireModel):
+    start: str | list[str] | None = None
+    duration: str | None = None
+
+
+class ScheduleIn(WireModel):
+    requested: RequestedSchedule | None = None
+
+
+class ExecutionRequest(WireModel):
+    """The body of ``POST /requests`` and ``POST /direct``. Components stay raw until their kind is known."""
+
+    name: str | None = None
+    meta: MetaIn | None = None
+    executable: dict[str, Any] | None = None
+    compute: dict[str, Any] | None = None
+    storage: list[dict[str, Any]] = Field(default_factory=list)
+    data: list[dict[str, Any]] = Field(default_factory=list)
+    volumes: list[dict[str, Any]] = Field(default_factory=list)
+    schedule: ScheduleIn | None = None
+    costs: list[dict[str, Any]] = Field(default_factory=list)
+    metrics: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class PhaseUpdate(WireModel):
+    """``uri:enum-value-update`` on path ``phase``; the only update the broker implements."""
+
+    kind: str = kinds.ENUM_UPDATE
+    path: str = "phase"
+    value: str
+    reason: str | None = None
+
+
+# -- response ------------------------------------------------------------------------------------------------
+class ComponentOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    kind: str
+    meta: Meta
+    phase: ComponentPhase
+    schedule: ComponentSchedule | None = None
+
+
+class Connector(BaseModel):
+    kind: str
+    status: Literal["PREPARING", "AVAILABLE", "FINISHED"]
+    protocol: str
+    location: str
+
+
+class SessionOut(BaseModel):
+    kind: str = kinds.SESSION
+    meta: Meta
+    phase: SessionPhase
+    expires: datetime | None = None
+    schedule: ComponentSchedule | None = None
+    executable: ComponentOut | None = None
+    compute: ComponentOut | None = None
+    storage: list[ComponentOut] = Field(default_factory=list)
+    data: list[ComponentOut] = Field(default_factory=list)
+    connectors: list[Connector] = Field(default_factory=list)
+
+
+class OfferSetOut(BaseModel):
+    kind: str = kinds.OFFERSET
+    meta: Meta
+    result: Literal["YES", "NO"]
+    description: str | None = None
+    offers: list[SessionOut] = Field(default_factory=list)
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx body: what is wrong, where, and (for 409) the resource as it is now."""
+
+    status: int
+    error: str
+    message: str
+    details: list[ErrorDetail] = Field(default_factory=list)
+    session: SessionOut | None = None

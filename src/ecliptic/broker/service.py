@@ -1,0 +1,321 @@
+"""The broker as a library: what the HTTP API, the CLI and the tests call."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ecliptic import engine
+from ecliptic.broker import lifecycle, messages
+from ecliptic.broker.phases import ComponentPhase, SessionPhase
+from ecliptic.broker.plan import Plan, Rejection
+from ecliptic.broker.planner import Offer, Planner
+from ecliptic.broker.schema import ExecutionRequest, Message, PhaseUpdate
+from ecliptic.broker.validate import validate
+from ecliptic.config import Settings
+from ecliptic.isotime import utcnow
+from ecliptic.platforms.base import Platform
+from ecliptic.store.database import Database
+from ecliptic.store.tables import BookingRow, ComponentRow, OfferSetRow, PlatformRow, SessionRow
+
+
+class NotFound(Exception):
+    pass
+
+
+@dataclass
+class DirectResult:
+    session: SessionRow
+    accepted: bool
+
+
+def _dump(items: list[Message]) -> list[dict[str, object]]:
+    return [item.model_dump(mode="json") for item in items]
+
+
+class Broker:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        platforms: dict[str, Platform],
+        planner: Planner,
+        wake: Callable[[], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.platforms = platforms
+        self.planner = planner
+        self._wake = wake or (lambda: None)
+
+    # -- set-up ----------------------------------------------------------------------------------------------
+    def sync_platforms(self) -> None:
+        """Record each platform's capacity: its row is also the lock that serialises booking on it."""
+        with self.db.write() as session:
+            for name, platform in self.platforms.items():
+                capacity = platform.info.capacity
+                row = session.get(PlatformRow, name)
+                if row is None:
+                    row = PlatformRow(name=name)
+                    session.add(row)
+                row.cores = capacity.cores
+                row.memory_gib = capacity.memory_gib
+                row.storage_gib = capacity.storage_gib
+                row.max_duration_s = int(capacity.max_duration.total_seconds())
+
+    def workdir(self, session_uuid: str) -> Path:
+        return self.settings.sessions_dir / session_uuid
+
+    # -- offers ----------------------------------------------------------------------------------------------
+    def request_offers(self, request: ExecutionRequest, owner: str | None = None) -> OfferSetRow:
+        """Validate, plan and book: an offer set with YES and OFFERED sessions, or NO and messages.
+
+        Raises :class:`~ecliptic.broker.validate.RequestInvalid` for a malformed request.
+        """
+        now = utcnow()
+        checked = validate(request, now=now, default_duration=self.settings.default_duration)
+        with self.db.write() as session:
+            offerset = OfferSetRow(
+                uuid=str(uuid.uuid4()),
+                name=(request.meta.name if request.meta else None) or request.name,
+                owner=owner,
+                created=now,
+                result="NO",
+                request=request.model_dump(mode="json", exclude_none=True),
+                messages=[],
+            )
+            session.add(offerset)
+            if isinstance(checked, Rejection):
+                offerset.messages = _dump(checked.messages)
+                return offerset
+            self.planner.lock(session, list(self.platforms))
+            found = self.planner.offers(session, checked, now)
+            if not found or isinstance(found[0], Message):
+                offerset.messages = _dump([m for m in found if isinstance(m, Message)] + checked.messages)
+                return offerset
+            offerset.result = "YES"
+            offerset.messages = _dump(checked.messages)
+            expires = now + self.settings.offer_lifetime
+            session.flush()
+            for position, offer in enumerate(found):
+                assert isinstance(offer, Offer)
+                row = self._book(session, checked, offer, now, owner, SessionPhase.OFFERED, expires)
+                row.offerset_uuid = offerset.uuid
+                row.position = position
+                row.name = f"{offerset.name or 'offer'}-{position}"
+                engine.schedule(session, lifecycle.EXPIRE, row.uuid, expires)
+            session.flush()
+            session.refresh(offerset)
+        self._wake()
+        return offerset
+
+    def direct(self, request: ExecutionRequest, owner: str | None = None) -> DirectResult:
+        """Direct execution: book the first offer and accept it at once, or a FAILED session saying why not."""
+        now = utcnow()
+        checked = validate(request, now=now, default_duration=self.settings.default_duration)
+        with self.db.write() as session:
+            reasons: list[Message]
+            if isinstance(checked, Rejection):
+                reasons = checked.messages
+            else:
+                self.planner.lock(session, list(self.platforms))
+                found = self.planner.offers(session, checked, now, limit=1)
+                if found and isinstance(found[0], Offer):
+                    row = self._book(session, checked, found[0], now, owner, SessionPhase.ACCEPTED, None)
+                    row.messages = _dump(checked.messages)
+                    lifecycle.set_phase(session, row, SessionPhase.ACCEPTED, now, "direct execution")
+                    engine.schedule(session, lifecycle.ADVANCE, row.uuid, now)
+                    session.flush()
+                    self._wake()
+                    return DirectResult(row, True)
+                reasons = [m for m in found if isinstance(m, Message)]
+            row = self._failed_session(session, request, now, owner, reasons)
+            return DirectResult(row, False)
+
+    def _book(
+        self, session: Session, plan: Plan, offer: Offer, now: datetime, owner: str | None,
+        phase: SessionPhase, expires: datetime | None,
+    ) -> SessionRow:
+        row = SessionRow(
+            uuid=str(uuid.uuid4()),
+            name=plan.name,
+            owner=owner,
+            platform=offer.platform,
+            phase=phase,
+            created=now,
+            modified=now,
+            expires=expires,
+            prepare_start=offer.prepare_start,
+            available_start=offer.available_start,
+            available_end=offer.available_end,
+            release_end=offer.release_end,
+            cores=offer.cores,
+            memory_gib=offer.memory_gib,
+            storage_gib=offer.storage_gib,
+            messages=[],
+        )
+        session.add(row)
+        # Each offer is its own session, so its components get their own UUIDs; references between them
+        # (data → storage, volume → resource) are rewritten to match.
+        renamed = {component.uuid: str(uuid.uuid4()) for component in plan.components()}
+        for position, component in enumerate(plan.components()):
+            session.add(
+                ComponentRow(
+                    uuid=renamed[component.uuid],
+                    session_uuid=row.uuid,
+                    position=position,
+                    role=component.role,
+                    name=component.name,
+                    kind=component.kind,
+                    phase=ComponentPhase.INITIALIZING,
+                    spec=_rewrite(component.spec, renamed),
+                    state={},
+                )
+            )
+        session.add(
+            BookingRow(
+                session_uuid=row.uuid,
+                platform=offer.platform,
+                start_s=int(offer.prepare_start.timestamp()),
+                end_s=int(offer.release_end.timestamp()),
+                cores=offer.cores,
+                memory_gib=offer.memory_gib,
+                storage_gib=offer.storage_gib,
+                expires_s=int(expires.timestamp()) if expires is not None else None,
+            )
+        )
+        return row
+
+    def _failed_session(
+        self, session: Session, request: ExecutionRequest, now: datetime, owner: str | None, reasons: list[Message]
+    ) -> SessionRow:
+        row = SessionRow(
+            uuid=str(uuid.uuid4()),
+            name=(request.meta.name if request.meta else None) or request.name,
+            owner=owner,
+            platform="",
+            phase=SessionPhase.FAILED,
+            created=now,
+            modified=now,
+            prepare_start=now,
+            available_start=now,
+            available_end=now,
+            release_end=now,
+            cores=0,
+            memory_gib=0,
+            storage_gib=0,
+            released=True,
+            messages=_dump(reasons),
+            reason="; ".join(m.message for m in reasons) or "the request cannot be satisfied",
+        )
+        session.add(row)
+        session.flush()
+        session.refresh(row)
+        return row
+
+    # -- reads -----------------------------------------------------------------------------------------------
+    def offerset(self, offerset_uuid: str) -> OfferSetRow:
+        self._expire_due(offerset_uuid=offerset_uuid)
+        with self.db.read() as session:
+            row = session.get(OfferSetRow, offerset_uuid)
+            if row is None:
+                raise NotFound(f"no offer set {offerset_uuid}")
+            return row
+
+    def session(self, session_uuid: str) -> SessionRow:
+        self._expire_due(session_uuid=session_uuid)
+        with self.db.read() as session:
+            row = session.get(SessionRow, session_uuid)
+            if row is None:
+                raise NotFound(f"no session {session_uuid}")
+            return row
+
+    def sessions(self, phase: str | None = None, limit: int = 100) -> list[SessionRow]:
+        with self.db.read() as session:
+            query = select(SessionRow).order_by(SessionRow.created.desc()).limit(limit)
+            if phase:
+                query = query.where(SessionRow.phase == phase)
+            return list(session.scalars(query).all())
+
+    def component(self, component_uuid: str) -> tuple[SessionRow, ComponentRow]:
+        with self.db.read() as session:
+            component = session.get(ComponentRow, component_uuid)
+            if component is None:
+                raise NotFound(f"no component {component_uuid}")
+            row = session.get(SessionRow, component.session_uuid)
+            assert row is not None
+            return row, component
+
+    def _expire_due(self, *, offerset_uuid: str | None = None, session_uuid: str | None = None) -> None:
+        """Reads never show an offer as OFFERED after it expired, even before the engine gets to it."""
+        now = utcnow()
+        with self.db.read() as session:
+            query = select(SessionRow.uuid).where(SessionRow.phase == SessionPhase.OFFERED, SessionRow.expires <= now)
+            if offerset_uuid is not None:
+                query = query.where(SessionRow.offerset_uuid == offerset_uuid)
+            if session_uuid is not None:
+                query = query.where(SessionRow.uuid == session_uuid)
+            due = list(session.scalars(query).all())
+        if not due:
+            return
+        with self.db.write() as session:
+            for uid in due:
+                row = session.get(SessionRow, uid)
+                if row is not None:
+                    lifecycle.expire_if_due(session, row, now)
+
+    # -- updates ---------------------------------------------------------------------------------------------
+    def update(self, session_uuid: str, update: PhaseUpdate, owner: str | None = None) -> tuple[SessionRow, str | None]:
+        """Apply a client's phase update. Returns the session as it is now and, if refused, why."""
+        target = SessionPhase(update.value)
+        now = utcnow()
+        refused: str | None = None
+        with self.db.write() as session:
+            row = self._locked(session, session_uuid)
+            lifecycle.expire_if_due(session, row, now)
+            try:
+                lifecycle.client_update(session, row, target, now, update.reason)
+            except lifecycle.TransitionRefused as exc:
+                refused = str(exc)
+            session.flush()
+        self._wake()
+        return self.session(session_uuid), refused
+
+    def _locked(self, session: Session, session_uuid: str) -> SessionRow:
+        """The session row, locked; on PostgreSQL its offer set first, so sibling accepts queue up in order."""
+        postgres = session.get_bind().dialect.name == "postgresql"
+        row = session.get(SessionRow, session_uuid)
+        if row is None:
+            raise NotFound(f"no session {session_uuid}")
+        if postgres:
+            if row.offerset_uuid is not None:
+                session.execute(
+                    select(OfferSetRow.uuid).where(OfferSetRow.uuid == row.offerset_uuid).with_for_update()
+                ).all()
+            session.refresh(row, with_for_update=True)
+        return row
+
+    def capacity_in_use(self) -> list[BookingRow]:
+        with self.db.read() as session:
+            return list(session.scalars(select(BookingRow)).all())
+
+
+def _rewrite(value: Any, renamed: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return renamed.get(value, value)
+    if isinstance(value, list):
+        return [_rewrite(item, renamed) for item in value]
+    if isinstance(value, dict):
+        return {key: _rewrite(item, renamed) for key, item in value.items()}
+    return value
+
+
+def failure_message(reason: str, **values: object) -> Message:
+    return messages.error("urn:ecliptic:session-failed", "{reason}", reason=reason, **values)

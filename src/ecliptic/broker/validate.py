@@ -1,0 +1,343 @@
+"""Turn an execution request into a :class:`Plan`, or say why not.
+
+Two kinds of "no":
+- :class:`RequestInvalid` — the body is malformed (wrong types, missing required fields, unparsable ISO 8601
+  values). The API answers 400 with every problem and where it is.
+- :class:`Rejection` — the request is well formed but this broker cannot satisfy it (unsupported kinds,
+  unknown references, a start in the past). The API answers an offer set with ``result: NO`` and messages.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ValidationError
+
+from ecliptic.broker import kinds, messages
+from ecliptic.broker.plan import ComponentPlan, Plan, Rejection
+from ecliptic.broker.schema import (
+    CommandExecutableIn,
+    ComponentIn,
+    ComputeIn,
+    ErrorDetail,
+    ExecutionRequest,
+    Message,
+    SimpleDataIn,
+    StorageIn,
+    VolumeMountIn,
+)
+from ecliptic.isotime import Interval, IsoTimeError, format_instant, parse_duration, parse_interval
+
+Loc = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
+
+UNSUPPORTED_EXECUTABLES = {kinds.DOCKER, kinds.SINGULARITY, kinds.JUPYTER}
+UNSUPPORTED_DATA = {kinds.DATA_S3, kinds.DATA_RUCIO, kinds.DATA_IVOA, kinds.DATA_SKAO}
+DATA_SCHEMES = {"http", "https", "file"}
+
+
+class RequestInvalid(Exception):
+    def __init__(self, details: list[ErrorDetail]) -> None:
+        super().__init__("; ".join(f"{'.'.join(map(str, d.loc))}: {d.msg}" for d in details))
+        self.details = details
+
+
+@dataclass
+class Defaults:
+    duration: timedelta
+    now: datetime
+
+
+def pydantic_details(exc: ValidationError, prefix: Loc = ()) -> list[ErrorDetail]:
+    return [
+        ErrorDetail(loc=[*prefix, *err["loc"]], msg=err["msg"], type=err["type"])
+        for err in exc.errors(include_url=False)
+    ]
+
+
+class _Validator:
+    def __init__(self, request: ExecutionRequest, defaults: Defaults) -> None:
+        self.request = request
+        self.defaults = defaults
+        self.errors: list[ErrorDetail] = []
+        self.refusals: list[Message] = []
+        self.notes: list[Message] = []
+        self.by_name: dict[str, ComponentPlan] = {}
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def bad(self, loc: Loc, msg: str, type_: str = "value_error") -> None:
+        self.errors.append(ErrorDetail(loc=list(loc), msg=msg, type=type_))
+
+    def refuse(self, kind: str, template: str, **values: Any) -> None:
+        self.refusals.append(messages.error(kind, template, **values))
+
+    def parse(self, model: type[M], raw: dict[str, Any], loc: Loc) -> M | None:
+        try:
+            parsed = model.model_validate(raw)
+        except ValidationError as exc:
+            self.errors.extend(pydantic_details(exc, loc))
+            return None
+        self.warn_unknown_fields(parsed, loc)
+        return parsed
+
+    def warn_unknown_fields(self, parsed: BaseModel, loc: Loc) -> None:
+        for key in sorted(parsed.model_extra or {}):
+            path = ".".join(map(str, (*loc, key)))
+            self.notes.append(
+                messages.warn("urn:ecliptic:unknown-field", "Ignored the unknown field {path}", path=path)
+            )
+
+    def register(self, component: ComponentPlan, loc: Loc) -> None:
+        for ref in {component.name, component.uuid} - {None}:
+            assert ref is not None
+            if ref in self.by_name:
+                self.refuse(
+                    "urn:duplicate-resource", "Two resources are named {name} (second at {path})",
+                    name=ref, path=".".join(map(str, loc)),
+                )
+            self.by_name[ref] = component
+
+    def component(self, role: str, parsed: ComponentIn, spec: dict[str, Any]) -> ComponentPlan:
+        spec = {**spec, "kind": parsed.kind}
+        return ComponentPlan(str(uuid.uuid4()), role, parsed.kind, parsed.display_name, spec)
+
+    # -- parts -----------------------------------------------------------------------------------------------
+    def executable(self) -> ComponentPlan | None:
+        raw = self.request.executable
+        if raw is None:
+            self.refuse("urn:executable-required", "The request has no executable: add one at executable")
+            return None
+        kind = kinds.normalise(str(raw.get("kind", "")))
+        if not kind:
+            self.bad(("executable", "kind"), "Field required: the executable kind, e.g. " + kinds.COMMAND, "missing")
+            return None
+        if kind in UNSUPPORTED_EXECUTABLES:
+            self.refuse(
+                "urn:not-supported", "No platform of this broker runs executables of kind {kind} (at executable)",
+                kind=kind,
+            )
+            return None
+        if kind != kinds.COMMAND:
+            self.refuse("uri:unknown-type", "Unknown executable kind {kind} (at executable.kind)", kind=kind)
+            return None
+        parsed = self.parse(CommandExecutableIn, raw, ("executable",))
+        if parsed is None:
+            return None
+        return self.component(
+            "executable", parsed, {"command": parsed.command, "environment": parsed.environment}
+        )
+
+    def compute(self) -> tuple[ComponentPlan, tuple[int, int], tuple[int, int], list[VolumeMountIn]] | None:
+        raw = dict(self.request.compute or {"meta": {"name": "Default compute resource"}})
+        raw.setdefault("kind", kinds.COMPUTE)
+        kind = kinds.normalise(str(raw["kind"]))
+        if kind != kinds.COMPUTE:
+            self.refuse("uri:unknown-type", "Unknown compute kind {kind} (at compute.kind)", kind=kind)
+            return None
+        parsed = self.parse(ComputeIn, raw, ("compute",))
+        if parsed is None:
+            return None
+        cores = self.min_max(parsed.cores, ("compute", "cores"), default=1)
+        memory = self.min_max(parsed.memory, ("compute", "memory"), default=1)
+        volumes = list(parsed.volumes)
+        for index, extra in enumerate(self.request.volumes):
+            # Volumes moved from the top level into compute in March 2026; older clients still send them there.
+            try:
+                volumes.append(VolumeMountIn.model_validate(extra))
+            except ValidationError as exc:
+                self.errors.extend(pydantic_details(exc, ("volumes", index)))
+        plan = self.component("compute", parsed, {})
+        return plan, cores, memory, volumes
+
+    def min_max(self, value: Any, loc: Loc, default: int) -> tuple[int, int]:
+        low = value.min if value is not None and value.min is not None else None
+        high = value.max if value is not None and value.max is not None else None
+        if low is None:
+            low = default if high is None else min(default, high)
+        if high is None:
+            high = low
+        if low < 1:
+            self.bad((*loc, "min"), f"must be at least 1, not {low}")
+        if low > high:
+            self.bad((*loc, "min"), f"min ({low}) is greater than max ({high})")
+        return low, high
+
+    def storage(self) -> list[tuple[ComponentPlan, int]]:
+        result = []
+        for index, raw in enumerate(self.request.storage):
+            raw = {"kind": kinds.STORAGE, **raw}
+            kind = kinds.normalise(str(raw["kind"]))
+            if kind != kinds.STORAGE:
+                self.refuse("uri:unknown-type", "Unknown storage kind {kind} (at storage[{index}].kind)",
+                            kind=kind, index=index)
+                continue
+            parsed = self.parse(StorageIn, raw, ("storage", index))
+            if parsed is None:
+                continue
+            low, _high = self.min_max(parsed.size, ("storage", index, "size"), default=1)
+            plan = self.component("storage", parsed, {"size": {"min": low, "max": low}})
+            self.register(plan, ("storage", index))
+            result.append((plan, low))
+        return result
+
+    def data(self) -> list[tuple[ComponentPlan, str | None]]:
+        result = []
+        for index, raw in enumerate(self.request.data):
+            raw = {"kind": kinds.DATA_SIMPLE, **raw}
+            kind = kinds.normalise(str(raw["kind"]))
+            if kind in UNSUPPORTED_DATA:
+                self.refuse(
+                    "urn:not-supported",
+                    "Data resources of kind {kind} (at data[{index}]) are not supported by any platform here; "
+                    "use a simple data resource with an http(s) or file URL",
+                    kind=kind, index=index,
+                )
+                continue
+            if kind != kinds.DATA_SIMPLE:
+                self.refuse("uri:unknown-type", "Unknown data kind {kind} (at data[{index}].kind)",
+                            kind=kind, index=index)
+                continue
+            parsed = self.parse(SimpleDataIn, raw, ("data", index))
+            if parsed is None:
+                continue
+            scheme = urlsplit(parsed.location).scheme.lower()
+            if scheme not in DATA_SCHEMES:
+                self.refuse(
+                    "uri:unknown-url",
+                    "Cannot fetch data[{index}].location {location}: the scheme {scheme} is not one of "
+                    "http, https, file",
+                    index=index, location=parsed.location, scheme=scheme or "(none)",
+                )
+                continue
+            spec: dict[str, Any] = {"location": parsed.location}
+            if parsed.checksum is not None:
+                spec["checksum"] = {"type": parsed.checksum.type.lower(), "value": parsed.checksum.value.lower()}
+            plan = self.component("data", parsed, spec)
+            self.register(plan, ("data", index))
+            result.append((plan, parsed.storage))
+        return result
+
+    def schedule(self) -> tuple[list[Interval], timedelta]:
+        requested = self.request.schedule.requested if self.request.schedule else None
+        duration = self.defaults.duration
+        starts: list[Interval] = []
+        if requested is None:
+            return starts, duration
+        if requested.duration is not None:
+            try:
+                duration = parse_duration(requested.duration)
+            except IsoTimeError as exc:
+                self.bad(("schedule", "requested", "duration"), str(exc))
+            else:
+                if duration <= timedelta(0):
+                    self.bad(("schedule", "requested", "duration"), "the duration must be longer than zero")
+        raw_starts = requested.start
+        if isinstance(raw_starts, str):
+            raw_starts = [raw_starts]
+        for index, text in enumerate(raw_starts or []):
+            loc: Loc = ("schedule", "requested", "start") + ((index,) if isinstance(requested.start, list) else ())
+            try:
+                interval = parse_interval(text)
+            except IsoTimeError as exc:
+                self.bad(loc, str(exc))
+                continue
+            if interval.end < self.defaults.now:
+                self.refuse(
+                    "urn:start-in-past",
+                    "The requested start {interval} (at {path}) is over: it ended at {end}, and it is now {now}",
+                    interval=text, path=".".join(map(str, loc)), end=format_instant(interval.end),
+                    now=format_instant(self.defaults.now),
+                )
+                continue
+            starts.append(interval)
+        return starts, duration
+
+    # -- whole request ---------------------------------------------------------------------------------------
+    def run(self) -> Plan | Rejection:
+        self.warn_unknown_fields(self.request, ())
+        executable = self.executable()
+        compute_parts = self.compute()
+        storage = self.storage()
+        data = self.data()
+        starts, duration = self.schedule()
+        if self.request.schedule and self.request.schedule.requested:
+            requested = self.request.schedule.requested
+            if requested.start is not None and not starts and not self.errors and not self.refusals:
+                self.refuse("urn:start-in-past", "None of the requested start intervals is still open")
+
+        storage_plans = [plan for plan, _ in storage]
+        total_storage = sum(size for _, size in storage)
+        data_plans = []
+        for plan, ref in data:
+            if ref is None:
+                default = ComponentPlan(
+                    str(uuid.uuid4()), "storage", kinds.STORAGE, f"{plan.name or 'data'}-storage",
+                    {"kind": kinds.STORAGE, "size": {"min": 1, "max": 1}, "data": [plan.uuid]},
+                )
+                storage_plans.append(default)
+                total_storage += 1
+                plan.spec["storage"] = default.uuid
+            else:
+                target = self.by_name.get(ref)
+                if target is None or target.role != "storage":
+                    self.refuse(
+                        "urn:resource-not-found",
+                        "data {data} names storage {ref}, but the request has no storage resource of that "
+                        "name or UUID",
+                        data=plan.name or plan.uuid, ref=ref,
+                    )
+                    continue
+                plan.spec["storage"] = target.uuid
+                target.spec.setdefault("data", [])
+                if plan.uuid not in target.spec["data"]:
+                    target.spec["data"].append(plan.uuid)
+            data_plans.append(plan)
+
+        if compute_parts is not None:
+            compute, cores, memory, volumes = compute_parts
+            mounts = []
+            for index, volume in enumerate(volumes):
+                target = self.by_name.get(volume.resource)
+                if target is None:
+                    self.refuse(
+                        "urn:resource-not-found",
+                        "compute.volumes[{index}] mounts {ref}, but no data or storage resource has that name "
+                        "or UUID",
+                        index=index, ref=volume.resource,
+                    )
+                    continue
+                if ".." in volume.path.split("/") or not volume.path.strip("/"):
+                    self.bad(("compute", "volumes", index, "path"),
+                             f"{volume.path!r} is not a usable mount path (no '..', not the root)")
+                    continue
+                mounts.append({"path": volume.path, "mode": volume.mode, "resource": target.uuid})
+            compute.spec["volumes"] = mounts
+
+        if self.errors:
+            raise RequestInvalid(self.errors)
+        if self.refusals or executable is None or compute_parts is None:
+            return Rejection(self.refusals + self.notes)
+        return Plan(
+            name=(self.request.meta.name if self.request.meta else None) or self.request.name,
+            executable=executable,
+            compute=compute,
+            storage=storage_plans,
+            data=data_plans,
+            cores=cores,
+            memory_gib=memory,
+            storage_gib=total_storage,
+            starts=starts,
+            duration=duration,
+            messages=self.notes,
+        )
+
+
+def validate(request: ExecutionRequest, *, now: datetime, default_duration: timedelta) -> Plan | Rejection:
+    """Raises :class:`RequestInvalid` for a malformed request; returns a Plan or a Rejection otherwise."""
+    return _Validator(request, Defaults(duration=default_duration, now=now)).run()
+
+

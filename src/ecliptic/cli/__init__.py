@@ -1,0 +1,1 @@
+"""The ``ecliptic`` command: thin — parse, call a package, print."""

@@ -1,0 +1,83 @@
+"""``ecliptic``: the command tree."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import typer
+
+from ecliptic import __version__
+from ecliptic.cli import client
+
+app = typer.Typer(
+    name="ecliptic",
+    help="Compute, data and time in one service: an IVOA ExecutionBroker on a durable engine.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+client.register(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ecliptic {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log more."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8080, help="Port to listen on."),
+    workers: bool = typer.Option(True, help="Also run engine workers in this process."),
+) -> None:
+    """Run the HTTP API (and, by default, the engine workers) on the configured store."""
+    import uvicorn
+
+    from ecliptic.app import create_app
+
+    application = create_app(run_workers=workers)
+    settings = application.state.services.settings
+    typer.echo(
+        f"Ecliptic {__version__} on http://{host}:{port}/ — store {application.state.services.db.engine.url!r}, "
+        f"data in {settings.data_dir}"
+    )
+    uvicorn.run(application, host=host, port=port, log_level="warning", proxy_headers=True)
+
+
+@app.command()
+def worker() -> None:
+    """Run engine workers only (scale out: several of these on one PostgreSQL)."""
+    from ecliptic.app import build_services
+
+    services = build_services()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    services.worker.start()
+    typer.echo(f"Ecliptic worker {services.worker.owner} on {services.db.engine.url!r}; Ctrl-C to stop")
+    stop.wait()
+    services.worker.stop()
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the store to the newest schema (serve and worker do this too)."""
+    from ecliptic.config import get_settings
+    from ecliptic.store import Database, upgrade
+
+    db = Database(get_settings().resolved_database_url())
+    upgrade(db)
+    typer.echo(f"Store {db.engine.url!r} is up to date")

@@ -1,0 +1,125 @@
+"""Settings: ``ECLIPTIC_*`` environment variables over an optional ``ecliptic.toml``, over defaults.
+
+The defaults are the embedded deployment: a SQLite file in the user's data directory, the local platform sized
+to this machine, one process.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any
+
+import platformdirs
+from pydantic import BeforeValidator, Field, PlainSerializer
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from ecliptic.isotime import IsoTimeError, format_duration, parse_duration
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except IsoTimeError as exc:
+            raise ValueError(str(exc)) from exc
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    return value
+
+
+IsoDuration = Annotated[
+    timedelta, BeforeValidator(_duration), PlainSerializer(format_duration, return_type=str)
+]
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("ecliptic", appauthor=False))
+
+
+def _total_memory_gib() -> int:
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES")
+        size = os.sysconf("SC_PAGE_SIZE")
+        return max(1, (pages * size) // 2**30)
+    except (ValueError, OSError, AttributeError):
+        return 4
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ECLIPTIC_",
+        toml_file=os.environ.get("ECLIPTIC_CONFIG", "ecliptic.toml"),
+        extra="ignore",
+    )
+
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Where the store and sessions live.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default a SQLite file (WAL) in data_dir."
+    )
+
+    offer_lifetime: IsoDuration = Field(default=timedelta(minutes=5), description="How long an offer holds.")
+    max_offers: int = Field(default=4, ge=1, le=64, description="Most offers in one offer set.")
+    default_duration: IsoDuration = Field(default=timedelta(hours=1))
+    default_start_range: IsoDuration = Field(
+        default=timedelta(hours=24), description="How far ahead to look when the request names no start."
+    )
+    slot_step: IsoDuration = Field(default=timedelta(seconds=1), description="Offer starts are aligned to this.")
+    release_margin: IsoDuration = Field(
+        default=timedelta(seconds=30), description="Time booked after a session's end for releasing it."
+    )
+
+    local_cores: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    local_memory_gib: int = Field(default_factory=_total_memory_gib, ge=1)
+    local_storage_gib: int = Field(default=100, ge=1)
+    local_max_duration: IsoDuration = Field(default=timedelta(hours=24))
+
+    workers: int = Field(default=4, ge=1, le=256, description="Engine handler threads per process.")
+    lease: IsoDuration = Field(default=timedelta(seconds=30), description="How long a claim holds.")
+    idle_poll: IsoDuration = Field(default=timedelta(milliseconds=200), description="Queue poll when idle.")
+    output_retention: IsoDuration = Field(default=timedelta(days=7), description="Keep session files so long.")
+
+    compat_silent_updates: bool = Field(
+        default=False,
+        description="Answer an illegal phase update with 200 and the unchanged session, as Calycopis does.",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.data_dir / "sessions"
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'ecliptic.sqlite'}"
+
+
+def disk_free_gib(path: Path) -> int:
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free // 2**30
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

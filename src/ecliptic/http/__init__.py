@@ -1,0 +1,1 @@
+"""HTTP plumbing shared by every API: content negotiation and error responses."""

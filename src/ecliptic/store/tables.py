@@ -1,0 +1,151 @@
+"""ORM tables. Every state change that matters is a row here before it is an action in the world."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from ecliptic.store.types import JSONDoc, UTCDateTime
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class PlatformRow(Base):
+    """One row per execution platform: its capacity, and the row that serialises booking on it."""
+
+    __tablename__ = "platforms"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cores: Mapped[int] = mapped_column(Integer)
+    memory_gib: Mapped[int] = mapped_column(Integer)
+    storage_gib: Mapped[int] = mapped_column(Integer)
+    max_duration_s: Mapped[int] = mapped_column(BigInteger)
+
+
+class OfferSetRow(Base):
+    __tablename__ = "offer_sets"
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(256))
+    owner: Mapped[str | None] = mapped_column(String(256))
+    created: Mapped[datetime] = mapped_column(UTCDateTime())
+    result: Mapped[str] = mapped_column(String(3))
+    request: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    messages: Mapped[list[dict[str, Any]]] = mapped_column(JSONDoc, default=list)
+
+    sessions: Mapped[list[SessionRow]] = relationship(
+        back_populates="offerset", order_by="SessionRow.position", lazy="selectin"
+    )
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+    __table_args__ = (Index("ix_sessions_phase", "phase"), Index("ix_sessions_offerset", "offerset_uuid"))
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    offerset_uuid: Mapped[str | None] = mapped_column(ForeignKey("offer_sets.uuid"))
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    name: Mapped[str | None] = mapped_column(String(256))
+    owner: Mapped[str | None] = mapped_column(String(256))
+    platform: Mapped[str] = mapped_column(String(64))
+    phase: Mapped[str] = mapped_column(String(16))
+    created: Mapped[datetime] = mapped_column(UTCDateTime())
+    modified: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    prepare_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    available_start: Mapped[datetime] = mapped_column(UTCDateTime())
+    available_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    release_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    cores: Mapped[int] = mapped_column(Integer)
+    memory_gib: Mapped[int] = mapped_column(Integer)
+    storage_gib: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    released: Mapped[bool] = mapped_column(default=False)
+    messages: Mapped[list[dict[str, Any]]] = mapped_column(JSONDoc, default=list)
+
+    offerset: Mapped[OfferSetRow | None] = relationship(back_populates="sessions")
+    components: Mapped[list[ComponentRow]] = relationship(
+        back_populates="session", order_by="ComponentRow.position", lazy="selectin"
+    )
+
+
+class ComponentRow(Base):
+    """One executable, compute, storage or data component of a session, with its own phase."""
+
+    __tablename__ = "components"
+    __table_args__ = (Index("ix_components_session", "session_uuid"),)
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    session_uuid: Mapped[str] = mapped_column(ForeignKey("sessions.uuid"))
+    position: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str | None] = mapped_column(String(256))
+    kind: Mapped[str] = mapped_column(String(256))
+    phase: Mapped[str] = mapped_column(String(16))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    state: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
+
+    session: Mapped[SessionRow] = relationship(back_populates="components")
+
+
+class TransitionRow(Base):
+    """The history of every phase change of a session or one of its components, with its reason."""
+
+    __tablename__ = "transitions"
+    __table_args__ = (Index("ix_transitions_session", "session_uuid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_uuid: Mapped[str] = mapped_column(String(36))
+    component: Mapped[str | None] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    from_phase: Mapped[str | None] = mapped_column(String(16))
+    to_phase: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class BookingRow(Base):
+    """The capacity calendar: one row per session that holds capacity on a platform.
+
+    Times are epoch seconds, not datetimes: the planner sweeps many of these per offer set, and integers are
+    the cheapest thing both databases can compare and return. An OFFERED hold carries ``expires_s``; an
+    accepted or active one has none. The row is deleted when the session stops holding capacity.
+    """
+
+    __tablename__ = "bookings"
+    __table_args__ = (Index("ix_bookings_platform_end", "platform", "end_s"),)
+
+    session_uuid: Mapped[str] = mapped_column(ForeignKey("sessions.uuid"), primary_key=True)
+    platform: Mapped[str] = mapped_column(String(64))
+    start_s: Mapped[int] = mapped_column(BigInteger)
+    end_s: Mapped[int] = mapped_column(BigInteger)
+    cores: Mapped[int] = mapped_column(Integer)
+    memory_gib: Mapped[int] = mapped_column(Integer)
+    storage_gib: Mapped[int] = mapped_column(Integer)
+    expires_s: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class WorkItem(Base):
+    """Durable due work for the engine: one row per (kind, subject), claimed with a lease."""
+
+    __tablename__ = "work_items"
+    __table_args__ = (
+        UniqueConstraint("kind", "subject", name="uq_work_items_kind_subject"),
+        Index("ix_work_items_due", "due_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(128))
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
+    last_error: Mapped[str | None] = mapped_column(Text)
