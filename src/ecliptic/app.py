@@ -13,11 +13,11 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 
 from ecliptic import __version__
-from ecliptic.broker.api import build_router, not_found_handler
+from ecliptic.broker.api import build_router, install_error_handlers
 from ecliptic.broker.handlers import handlers
 from ecliptic.broker.planner import Planner, PlannerSettings
 from ecliptic.broker.schema import ExecutionRequest, PhaseUpdate
-from ecliptic.broker.service import Broker, NotFound
+from ecliptic.broker.service import Broker
 from ecliptic.config import Settings, get_settings
 from ecliptic.engine import Worker
 from ecliptic.http import errors
@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None, *, run_workers: bool = True) ->
     app.state.services = services
     app.state.broker = services.broker
     errors.install(app)
-    app.add_exception_handler(NotFound, not_found_handler)  # type: ignore[arg-type]
+    install_error_handlers(app)
     app.include_router(build_router())
 
     @app.get("/health", tags=["service"])

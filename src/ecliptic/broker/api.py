@@ -8,7 +8,7 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 
@@ -17,7 +17,7 @@ from ecliptic.broker.phases import SessionPhase
 from ecliptic.broker.schema import ErrorResponse, ExecutionRequest, OfferSetOut, PhaseUpdate, SessionOut
 from ecliptic.broker.service import Broker, NotFound
 from ecliptic.broker.validate import RequestInvalid, pydantic_details
-from ecliptic.http.errors import ApiError, error_body
+from ecliptic.http.errors import ApiError, error_body, respond_error
 from ecliptic.http.negotiation import negotiated, read_body, render
 
 UPDATE_KINDS = {"uri:enum-value-update", "urn:enum-value-update"}
@@ -110,10 +110,7 @@ def build_router() -> APIRouter:
         fmt = negotiated(request)
         broker = _broker(request)
         execution = await _execution_request(request)
-        try:
-            offerset = await asyncio.to_thread(broker.request_offers, execution)
-        except RequestInvalid as exc:
-            raise _invalid(exc) from exc
+        offerset = await asyncio.to_thread(broker.request_offers, execution)
         body = views.offerset_out(offerset, _base(request))
         return render(body, fmt, 303, {"Location": f"{_base(request)}offersets/{offerset.uuid}"})
 
@@ -137,10 +134,7 @@ def build_router() -> APIRouter:
         fmt = negotiated(request)
         broker = _broker(request)
         execution = await _execution_request(request)
-        try:
-            result = await asyncio.to_thread(broker.direct, execution)
-        except RequestInvalid as exc:
-            raise _invalid(exc) from exc
+        result = await asyncio.to_thread(broker.direct, execution)
         body = views.session_out(result.session, _base(request))
         location = {"Location": f"{_base(request)}sessions/{result.session.uuid}"}
         return render(body, fmt, 303 if result.accepted else 400, location)
@@ -281,11 +275,14 @@ def _list_files(workdir: Path) -> list[dict[str, Any]]:
     return files
 
 
-def not_found_handler(request: Request, exc: NotFound) -> Response:
-    from ecliptic.http.negotiation import choose_format
+def install_error_handlers(app: FastAPI) -> None:
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return respond_error(request, 404, error_body(404, str(exc).capitalize()))
 
-    try:
-        fmt = choose_format(request.headers.get("accept"))
-    except ApiError:
-        fmt = "json"
-    return render(error_body(404, str(exc).capitalize()), fmt, 404)
+    async def invalid(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestInvalid)
+        error = _invalid(exc)
+        return respond_error(request, 400, error_body(400, error.message, error.details))
+
+    app.add_exception_handler(NotFound, not_found)
+    app.add_exception_handler(RequestInvalid, invalid)

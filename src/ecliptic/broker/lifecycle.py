@@ -107,8 +107,6 @@ def stop(session: Session, row: SessionRow, phase: SessionPhase, now: datetime, 
 def client_update(session: Session, row: SessionRow, target: SessionPhase, now: datetime, reason: str | None) -> None:
     """Apply a phase change a client asked for, or raise :class:`TransitionRefused` saying why not."""
     current = SessionPhase(row.phase)
-    if target == current and target != SessionPhase.OFFERED:
-        return  # idempotent repeat (e.g. a retried ACCEPT after a lost response)
     if target == SessionPhase.FAILED and current not in (
         SessionPhase.OFFERED, SessionPhase.REJECTED, SessionPhase.EXPIRED, SessionPhase.COMPLETED,
         SessionPhase.FAILED, SessionPhase.CANCELLED,

@@ -15,7 +15,7 @@ def render(template: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: values.get(m[1], m[0]), template)
 
 
-def make(kind: str, level: Level, template: str, **values: Any) -> Message:
+def make(kind: str, level: Level, template: str, /, **values: Any) -> Message:
     text_values = {key: str(value) for key, value in values.items()}
     return Message(
         kind=kind,
@@ -27,13 +27,13 @@ def make(kind: str, level: Level, template: str, **values: Any) -> Message:
     )
 
 
-def error(kind: str, template: str, **values: Any) -> Message:
+def error(kind: str, template: str, /, **values: Any) -> Message:
     return make(kind, "ERROR", template, **values)
 
 
-def warn(kind: str, template: str, **values: Any) -> Message:
+def warn(kind: str, template: str, /, **values: Any) -> Message:
     return make(kind, "WARN", template, **values)
 
 
-def info(kind: str, template: str, **values: Any) -> Message:
+def info(kind: str, template: str, /, **values: Any) -> Message:
     return make(kind, "INFO", template, **values)

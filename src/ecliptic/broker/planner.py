@@ -157,8 +157,10 @@ class Planner:
         need = Resources(plan.cores[0], plan.memory_gib[0], plan.storage_gib)
         best = Resources(plan.cores[1], plan.memory_gib[1], plan.storage_gib)
 
-        def fits(wanted: Resources) -> Iterator[Fit]:
+        def fits(wanted: Resources, after: int | None = None) -> Iterator[Fit]:
             for earliest, latest in ranges:
+                if after is not None:
+                    earliest = max(earliest, after)
                 yield from calendar.fits(earliest, latest, length, wanted, step, MAX_CANDIDATES)
 
         def offer(fit: Fit) -> Offer:
@@ -190,13 +192,17 @@ class Planner:
             bigger = next(fits(best), None)
             if bigger is not None and bigger.start != first.start:
                 chosen.append(offer(bigger))
-        last_start = first.start
-        for fit in fits(need):
-            if len(chosen) >= limit:
+        starts = {offer.prepare_start for offer in chosen}
+        cursor = first.start
+        while len(chosen) < limit:
+            later = next(fits(need, after=cursor + duration), None)
+            if later is None:
                 break
-            if fit.start >= last_start + duration and all(o.prepare_start.timestamp() != fit.start for o in chosen):
-                chosen.append(offer(fit))
-                last_start = fit.start
+            cursor = later.start
+            candidate = offer(later)
+            if candidate.prepare_start not in starts:
+                starts.add(candidate.prepare_start)
+                chosen.append(candidate)
         return chosen
 
     def _calendar(

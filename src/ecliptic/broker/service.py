@@ -94,12 +94,12 @@ class Broker:
             session.add(offerset)
             if isinstance(checked, Rejection):
                 offerset.messages = _dump(checked.messages)
-                return offerset
+                return self._reread(session, offerset)
             self.planner.lock(session, list(self.platforms))
             found = self.planner.offers(session, checked, now)
             if not found or isinstance(found[0], Message):
                 offerset.messages = _dump([m for m in found if isinstance(m, Message)] + checked.messages)
-                return offerset
+                return self._reread(session, offerset)
             offerset.result = "YES"
             offerset.messages = _dump(checked.messages)
             expires = now + self.settings.offer_lifetime
@@ -111,17 +111,17 @@ class Broker:
                 row.position = position
                 row.name = f"{offerset.name or 'offer'}-{position}"
                 engine.schedule(session, lifecycle.EXPIRE, row.uuid, expires)
-            session.flush()
-            session.refresh(offerset)
         self._wake()
-        return offerset
+        return self.offerset(offerset.uuid)
 
     def direct(self, request: ExecutionRequest, owner: str | None = None) -> DirectResult:
         """Direct execution: book the first offer and accept it at once, or a FAILED session saying why not."""
         now = utcnow()
         checked = validate(request, now=now, default_duration=self.settings.default_duration)
+        accepted: str | None = None
+        failed = ""
         with self.db.write() as session:
-            reasons: list[Message]
+            reasons: list[Message] = []
             if isinstance(checked, Rejection):
                 reasons = checked.messages
             else:
@@ -132,12 +132,15 @@ class Broker:
                     row.messages = _dump(checked.messages)
                     lifecycle.set_phase(session, row, SessionPhase.ACCEPTED, now, "direct execution")
                     engine.schedule(session, lifecycle.ADVANCE, row.uuid, now)
-                    session.flush()
-                    self._wake()
-                    return DirectResult(row, True)
-                reasons = [m for m in found if isinstance(m, Message)]
-            row = self._failed_session(session, request, now, owner, reasons)
-            return DirectResult(row, False)
+                    accepted = row.uuid
+                else:
+                    reasons = [m for m in found if isinstance(m, Message)]
+            if accepted is None:
+                failed = self._failed_session(session, request, now, owner, reasons)
+        if accepted is not None:
+            self._wake()
+            return DirectResult(self.session(accepted), True)
+        return DirectResult(self.session(failed), False)
 
     def _book(
         self, session: Session, plan: Plan, offer: Offer, now: datetime, owner: str | None,
@@ -162,6 +165,7 @@ class Broker:
             messages=[],
         )
         session.add(row)
+        session.flush()  # bookings reference the session by a bare foreign key: the row must exist first
         # Each offer is its own session, so its components get their own UUIDs; references between them
         # (data → storage, volume → resource) are rewritten to match.
         renamed = {component.uuid: str(uuid.uuid4()) for component in plan.components()}
@@ -195,7 +199,7 @@ class Broker:
 
     def _failed_session(
         self, session: Session, request: ExecutionRequest, now: datetime, owner: str | None, reasons: list[Message]
-    ) -> SessionRow:
+    ) -> str:
         row = SessionRow(
             uuid=str(uuid.uuid4()),
             name=(request.meta.name if request.meta else None) or request.name,
@@ -216,9 +220,12 @@ class Broker:
             reason="; ".join(m.message for m in reasons) or "the request cannot be satisfied",
         )
         session.add(row)
-        session.flush()
-        session.refresh(row)
-        return row
+        return row.uuid
+
+    def _reread(self, session: Session, offerset: OfferSetRow) -> OfferSetRow:
+        """An offer set with no offers needs no second query: it is complete as it stands."""
+        offerset.sessions = []
+        return offerset
 
     # -- reads -----------------------------------------------------------------------------------------------
     def offerset(self, offerset_uuid: str) -> OfferSetRow:

@@ -72,7 +72,7 @@ class _Validator:
     def bad(self, loc: Loc, msg: str, type_: str = "value_error") -> None:
         self.errors.append(ErrorDetail(loc=list(loc), msg=msg, type=type_))
 
-    def refuse(self, kind: str, template: str, **values: Any) -> None:
+    def refuse(self, kind: str, template: str, /, **values: Any) -> None:
         self.refusals.append(messages.error(kind, template, **values))
 
     def parse(self, model: type[M], raw: dict[str, Any], loc: Loc) -> M | None:
@@ -109,7 +109,7 @@ class _Validator:
     def executable(self) -> ComponentPlan | None:
         raw = self.request.executable
         if raw is None:
-            self.refuse("urn:executable-required", "The request has no executable: add one at executable")
+            self.refuse("urn:executable-required", "The request has no executable: add one at {path}", path="executable")
             return None
         kind = kinds.normalise(str(raw.get("kind", "")))
         if not kind:

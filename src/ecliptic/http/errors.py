@@ -41,7 +41,7 @@ def error_body(status: int, message: str, details: list[dict[str, Any]] | None =
     }
 
 
-def _respond(request: Request, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+def respond_error(request: Request, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     from ecliptic.http.negotiation import choose_format, render
 
     try:
@@ -54,7 +54,7 @@ def _respond(request: Request, status: int, body: dict[str, Any], headers: dict[
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
-        return _respond(request, exc.status, error_body(exc.status, exc.message, exc.details, **exc.extra))
+        return respond_error(request, exc.status, error_body(exc.status, exc.message, exc.details, **exc.extra))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
@@ -63,7 +63,7 @@ def install(app: FastAPI) -> None:
             for err in exc.errors()
         ]
         summary = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details)
-        return _respond(request, 400, error_body(400, f"Invalid request: {summary}", details))
+        return respond_error(request, 400, error_body(400, f"Invalid request: {summary}", details))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -72,9 +72,9 @@ def install(app: FastAPI) -> None:
             message = f"There is nothing at {request.url.path}"
         if exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
-        return _respond(request, exc.status_code, error_body(exc.status_code, message), dict(exc.headers or {}))
+        return respond_error(request, exc.status_code, error_body(exc.status_code, message), dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _respond(request, 500, error_body(500, f"Internal error ({type(exc).__name__}); it has been logged"))
+        return respond_error(request, 500, error_body(500, f"Internal error ({type(exc).__name__}); it has been logged"))

@@ -1,0 +1,848 @@
+"""The client side: :class:`BrokerClient` for the HTTP API, and the commands that drive a broker with it.
+
+The commands are thin on purpose: read a file, make one or a few calls, print. Anything a script needs is
+in :class:`BrokerClient` (plain JSON in, plain JSON out) or behind ``--json``.
+
+Exit codes: 0 success; 1 the broker said no or the session did not complete (NO offers, a refused phase
+change, a FAILED/CANCELLED/EXPIRED/REJECTED session, an unknown uuid, an unreachable broker); 2 the input is
+wrong (a file that does not parse, a request the broker calls malformed, a bad option).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Annotated, Any, Literal, NoReturn
+from urllib.parse import quote
+
+import httpx
+import typer
+import yaml
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from ecliptic.broker.phases import SessionPhase
+from ecliptic.cli import render
+
+DEFAULT_URL = "http://127.0.0.1:8080/"
+Format = Literal["json", "yaml"]
+Json = dict[str, Any]
+
+CONTENT_TYPES: dict[Format, str] = {"json": "application/json", "yaml": "application/yaml"}
+
+
+# -- the HTTP client -----------------------------------------------------------------------------------------
+class BrokerUnreachable(Exception):
+    """No HTTP answer at all: nothing listens at the URL, or the connection broke."""
+
+    def __init__(self, url: str, reason: str, *, refused: bool) -> None:
+        super().__init__(f"cannot reach the broker at {url}: {reason}")
+        self.url = url
+        self.reason = reason
+        self.refused = refused
+
+
+class BrokerError(Exception):
+    """A 4xx or 5xx answer, with the broker's message and the ``details`` that say where the problem is."""
+
+    def __init__(
+        self, status: int, message: str, details: list[Json] | None = None, body: Any = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details or []
+        self.body = body
+
+
+class Conflict(BrokerError):
+    """409: the phase change is not allowed now; :attr:`session` is the session as it is."""
+
+    @property
+    def session(self) -> Json | None:
+        session = self.body.get("session") if isinstance(self.body, Mapping) else None
+        return session if isinstance(session, dict) else None
+
+
+class BrokerClient:
+    """Calls to one ExecutionBroker, returning the JSON bodies as plain dicts.
+
+    ``submit`` and ``direct`` take a request as a mapping (sent as JSON) or as the text of a JSON or YAML
+    document (sent as it is, so the broker's error positions match the file). Errors raise
+    :class:`BrokerError` (or :class:`Conflict` for 409) and :class:`BrokerUnreachable`.
+    """
+
+    def __init__(
+        self, url: str = DEFAULT_URL, *, timeout: float = 30.0, transport: httpx.BaseTransport | None = None
+    ):
+        self.url = url if url.endswith("/") else url + "/"
+        self._http = httpx.Client(
+            base_url=self.url,
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,  # the 303 of /requests and /direct carries the body we want
+            headers={"Accept": "application/json"},
+        )
+
+    def __enter__(self) -> BrokerClient:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- offers and sessions ---------------------------------------------------------------------------------
+    def submit(self, request: Mapping[str, Any] | str | bytes, fmt: Format = "json") -> Json:
+        """``POST /requests``: the offer set, YES with OFFERED sessions or NO with messages saying why."""
+        return self._json(self._send("POST", "requests", request, fmt))
+
+    def direct(self, request: Mapping[str, Any] | str | bytes, fmt: Format = "json") -> Json:
+        """``POST /direct``: the accepted session, or (not raised) a FAILED session whose messages say why."""
+        response = self._send("POST", "direct", request, fmt, allow={400})
+        body = self._json(response)
+        if response.status_code == 400 and "phase" not in body:
+            raise _error(response)
+        return body
+
+    def update(self, session_uuid: str, phase: str) -> Json:
+        """Ask for a phase change (ACCEPTED, REJECTED, CANCELLED); :class:`Conflict` if not allowed now."""
+        update = {"kind": "uri:enum-value-update", "path": "phase", "value": phase}
+        return self._json(self._send("POST", f"sessions/{_segment(session_uuid)}", update, "json"))
+
+    def accept(self, session_uuid: str) -> Json:
+        return self.update(session_uuid, SessionPhase.ACCEPTED.value)
+
+    def reject(self, session_uuid: str) -> Json:
+        return self.update(session_uuid, SessionPhase.REJECTED.value)
+
+    def cancel(self, session_uuid: str) -> Json:
+        return self.update(session_uuid, SessionPhase.CANCELLED.value)
+
+    def session(self, session_uuid: str) -> Json:
+        return self._json(self._get(f"sessions/{_segment(session_uuid)}"))
+
+    def sessions(self, phase: str | None = None, limit: int | None = None) -> list[Json]:
+        params: dict[str, str | int] = {}
+        if phase is not None:
+            params["phase"] = phase
+        if limit is not None:
+            params["limit"] = limit
+        found = self._json(self._get("sessions", params)).get("sessions")
+        return [item for item in found if isinstance(item, dict)] if isinstance(found, list) else []
+
+    def offerset(self, offerset_uuid: str) -> Json:
+        return self._json(self._get(f"offersets/{_segment(offerset_uuid)}"))
+
+    # -- outputs ---------------------------------------------------------------------------------------------
+    def logs(self, session_uuid: str, stream: str = "stdout", tail: int | None = None) -> str:
+        params: dict[str, str | int] = {"stream": stream}
+        if tail is not None:
+            params["tail"] = tail
+        return self._get(f"sessions/{_segment(session_uuid)}/logs", params).text
+
+    def files(self, session_uuid: str) -> list[Json]:
+        found = self._json(self._get(f"sessions/{_segment(session_uuid)}/files")).get("files")
+        return [item for item in found if isinstance(item, dict)] if isinstance(found, list) else []
+
+    def file(self, session_uuid: str, path: str) -> bytes:
+        return self._get(f"sessions/{_segment(session_uuid)}/files/{quote(path.lstrip('/'))}").content
+
+    def download(self, session_uuid: str, path: str, out: IO[bytes]) -> int:
+        """Stream one file into ``out`` without holding it in memory; the number of bytes written."""
+        url = f"sessions/{_segment(session_uuid)}/files/{quote(path.lstrip('/'))}"
+        written = 0
+        with self._guard(), self._http.stream("GET", url) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise _error(response)
+            for chunk in response.iter_bytes():
+                out.write(chunk)
+                written += len(chunk)
+        return written
+
+    # -- plumbing --------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except httpx.ConnectError as exc:
+            raise BrokerUnreachable(self.url, str(exc) or type(exc).__name__, refused=True) from exc
+        except httpx.TransportError as exc:
+            raise BrokerUnreachable(self.url, str(exc) or type(exc).__name__, refused=False) from exc
+
+    def _get(self, path: str, params: Mapping[str, str | int] | None = None) -> httpx.Response:
+        with self._guard():
+            response = self._http.get(path, params=params)
+        if response.status_code >= 400:
+            raise _error(response)
+        return response
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | str | bytes,
+        fmt: Format,
+        allow: frozenset[int] | set[int] = frozenset(),
+    ) -> httpx.Response:
+        if isinstance(body, Mapping):
+            content: str | bytes = json.dumps(body)
+            fmt = "json"
+        else:
+            content = body
+        with self._guard():
+            response = self._http.request(
+                method, path, content=content, headers={"Content-Type": CONTENT_TYPES[fmt]}
+            )
+        if response.status_code >= 400 and response.status_code not in allow:
+            raise _error(response)
+        return response
+
+    @staticmethod
+    def _json(response: httpx.Response) -> Json:
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise BrokerError(
+                response.status_code,
+                f"the broker answered {response.status_code} with a body that "
+                f"is not JSON: {response.text[:200]!r}",
+            ) from exc
+        if not isinstance(body, dict):
+            raise BrokerError(
+                response.status_code, f"the broker answered with JSON that is not an object: {body!r}"
+            )
+        return body
+
+
+def _segment(value: str) -> str:
+    return quote(value.strip(), safe="")
+
+
+def _error(response: httpx.Response) -> BrokerError:
+    body: Any = None
+    with contextlib.suppress(ValueError):
+        body = response.json()
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        message = body["message"]
+        raw = body.get("details")
+        details = [d for d in raw if isinstance(d, dict)] if isinstance(raw, list) else []
+    else:
+        # Not one of ours (a proxy's error page, say): say what came back rather than guess.
+        snippet = response.text.strip().splitlines()[0][:200] if response.text.strip() else ""
+        message = f"HTTP {response.status_code} {response.reason_phrase}" + (
+            f": {snippet}" if snippet else ""
+        )
+        details = []
+    kind = Conflict if response.status_code == 409 else BrokerError
+    return kind(response.status_code, message, details, body)
+
+
+# -- request files -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RequestDocument:
+    """A request file as read: its text (sent as it is), its format, and the parsed mapping."""
+
+    name: str
+    text: str
+    fmt: Format
+    data: Json
+
+
+class RequestFileError(Exception):
+    """A request file that cannot be sent, with where and how to fix it."""
+
+    def __init__(self, message: str, *, excerpt: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.excerpt = excerpt
+        self.hint = hint
+
+
+YAML_HINTS = (
+    (
+        "mapping values are not allowed",
+        "a value contains ': ' or a key is indented too far: put the value in "
+        "quotes, or line the key up with its siblings",
+    ),
+    ("found character '\\t'", "YAML indentation must be spaces, not tabs"),
+    ("could not find expected ':'", "a key is missing its ':', or a quoted string is not closed"),
+    (
+        "did not find expected key",
+        "the indentation is inconsistent: keys of one mapping must line up, and list items start with '- '",
+    ),
+    (
+        "did not find expected '-' indicator",
+        "items of one list must all start with '- ' at the same indentation",
+    ),
+    ("did not find expected node content", "a value is missing, or a bracket or quote is not closed"),
+    (
+        "expected a single document",
+        "the file holds more than one YAML document ('---'): send one request per file",
+    ),
+    ("found unexpected end of stream", "a quoted string is not closed"),
+    ("while scanning a quoted scalar", "a quoted string is not closed"),
+    ("found undefined alias", "an alias (*name) refers to an anchor (&name) that is not defined"),
+)
+JSON_HINTS = (
+    ("Expecting property name", "keys must be in double quotes, and there is no comma after the last item"),
+    ("Expecting ',' delimiter", "a comma is missing between two items, or a bracket is not closed"),
+    ("Expecting ':' delimiter", "a key must be followed by ':' and its value"),
+    ("Expecting value", "a value is missing here, or there is a comma after the last item"),
+    ("Extra data", "there is more text after the end of the JSON document"),
+    ("Unterminated string", "a string is not closed with a double quote"),
+    ("Invalid control character", "strings cannot hold raw newlines or tabs: write \\n or \\t"),
+)
+
+
+def _hint(problem: str, hints: tuple[tuple[str, str], ...], default: str) -> str:
+    return next((hint for key, hint in hints if key in problem), default)
+
+
+def _excerpt(text: str, line: int, column: int) -> str:
+    """The offending line with a caret under the column (both 1-based)."""
+    lines = text.splitlines()
+    if not 1 <= line <= len(lines):
+        return ""
+    source = lines[line - 1].replace("\t", " ")
+    gutter = f"{line:>4} | "
+    return f"{gutter}{source}\n{' ' * (len(gutter) + column - 1)}^"
+
+
+def parse_request(text: str, name: str, fmt: Format) -> Json:
+    """The request mapping in ``text``, or :class:`RequestFileError` naming ``name``, the line and column."""
+    data: Any
+    if fmt == "json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RequestFileError(
+                f"{name}, line {exc.lineno}, column {exc.colno}: not valid JSON: {exc.msg}",
+                excerpt=_excerpt(text, exc.lineno, exc.colno),
+                hint=_hint(exc.msg, JSON_HINTS, "fix the JSON at that position"),
+            ) from exc
+    else:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.MarkedYAMLError as exc:
+            problem = exc.problem or str(exc)
+            mark = exc.problem_mark or exc.context_mark
+            if mark is None:
+                raise RequestFileError(f"{name}: not valid YAML: {problem}") from exc
+            line, column = mark.line + 1, mark.column + 1
+            raise RequestFileError(
+                f"{name}, line {line}, column {column}: not valid YAML: {problem}",
+                excerpt=_excerpt(text, line, column),
+                hint=_hint(f"{exc.context or ''} {problem}", YAML_HINTS, "fix the YAML at that position"),
+            ) from exc
+        except yaml.YAMLError as exc:
+            raise RequestFileError(f"{name}: not valid YAML: {exc}") from exc
+    if data is None:
+        raise RequestFileError(
+            f"{name} is empty",
+            hint="write an execution request: at least an executable, e.g. "
+            "executable: {kind: urn:ecliptic:executable:command, command: [echo, hello]}",
+        )
+    if not isinstance(data, dict):
+        raise RequestFileError(
+            f"{name} holds a {type(data).__name__}, not an execution request",
+            hint="the top level must be a mapping with keys such as executable, compute, schedule",
+        )
+    return data
+
+
+def read_request(source: str) -> RequestDocument:
+    """Read and parse a request file (``-``: standard input); JSON by a ``.json`` suffix, else YAML."""
+    if source == "-":
+        name = "<stdin>"
+        raw = typer.get_binary_stream("stdin").read()
+    else:
+        name = source
+        path = Path(source)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise RequestFileError(
+                f"{name}: no such file", hint="give the path of a YAML or JSON request"
+            ) from exc
+        except IsADirectoryError as exc:
+            raise RequestFileError(f"{name} is a directory, not a request file") from exc
+        except OSError as exc:
+            raise RequestFileError(f"{name}: cannot read it: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise RequestFileError(f"{name} is not UTF-8 text (bad byte at offset {exc.start})") from exc
+    # YAML reads JSON too, but a .json file deserves JSON's error messages and a JSON Content-Type.
+    fmt: Format = "json" if name.lower().endswith(".json") else "yaml"
+    return RequestDocument(name=name, text=text, fmt=fmt, data=parse_request(text, name, fmt))
+
+
+# -- output helpers ------------------------------------------------------------------------------------------
+def _out() -> Console:
+    # Made per call, not at import: the console must write to whatever sys.stdout is now (tests swap it).
+    return Console(highlight=False)
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def _fail(message: str, code: int = 1, *, hint: str | None = None, excerpt: str | None = None) -> NoReturn:
+    err = _err()
+    line = Text()
+    line.append("error: ", style="bold red")
+    line.append(message)
+    err.print(line)
+    if excerpt:
+        err.print(Text(excerpt, style="dim"))
+    if hint:
+        err.print(Text.assemble(("hint: ", "bold cyan"), hint))
+    raise typer.Exit(code)
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(render.as_json(data))
+
+
+def _loc(loc: Any) -> str:
+    if isinstance(loc, list):
+        return ".".join(str(part) for part in loc) or "body"
+    return str(loc)
+
+
+@contextlib.contextmanager
+def _broker(url: str) -> Iterator[BrokerClient]:
+    """A client for ``url``, turning every broker failure into one clear message and an exit code."""
+    try:
+        with BrokerClient(url) as client:
+            yield client
+    except BrokerUnreachable as exc:
+        if exc.refused:
+            _fail(f"cannot reach the broker at {exc.url}: is `ecliptic serve` running?")
+        _fail(f"the broker at {exc.url} did not answer: {exc.reason}")
+    except Conflict as exc:
+        current = exc.session.get("phase") if exc.session else None
+        _fail(
+            exc.message + (f" (the session is {current})" if current and current not in exc.message else "")
+        )
+    except BrokerError as exc:
+        err = _err()
+        if exc.details and exc.status == 400:
+            line = Text()
+            line.append("error: ", style="bold red")
+            line.append(exc.message)
+            err.print(line)
+            for detail in exc.details:
+                err.print(
+                    Text.assemble("  ", (_loc(detail.get("loc")), "bold"), ": ", str(detail.get("msg", "")))
+                )
+            raise typer.Exit(2) from exc
+        _fail(exc.message, 2 if exc.status in (400, 406, 415, 422) else 1)
+
+
+def _load(source: str) -> RequestDocument:
+    try:
+        return read_request(source)
+    except RequestFileError as exc:
+        _fail(exc.message, 2, hint=exc.hint, excerpt=exc.excerpt)
+
+
+def _session_line(session: Json, verb: str = "is") -> Text:
+    return Text.assemble(
+        "session ", (render.uuid_of(session), "bold"), f" {verb} ", render.phase_text(session.get("phase"))
+    )
+
+
+def _print_messages(console: Console, messages: list[Mapping[str, Any]]) -> None:
+    table = render.messages_table(messages)
+    if table is not None:
+        console.print(table)
+
+
+# -- watching ------------------------------------------------------------------------------------------------
+def watch_session(
+    client: BrokerClient,
+    session_uuid: str,
+    *,
+    interval: float = 1.0,
+    timeout: float | None = None,
+    quiet: bool = False,
+) -> Json:
+    """Poll until the session is terminal and return it, printing a line per phase change."""
+    console = _err() if quiet else _out()
+    started = time.monotonic()
+    session = client.session(session_uuid)
+    last_phase: str | None = None
+    polls = 0
+    try:
+        with Live(console=console, transient=True, refresh_per_second=10) as live:
+            while True:
+                phase = session.get("phase")
+                if phase != last_phase and not quiet:
+                    elapsed = render.seconds(time.monotonic() - started)
+                    console.print(Text.assemble((f"{elapsed:>6}  ", "dim"), render.phase_text(phase)))
+                    last_phase = phase
+                if phase in render.TERMINAL:
+                    break
+                if not quiet:
+                    live.update(render.watch_status(session, time.monotonic() - started))
+                if timeout is not None and time.monotonic() - started >= timeout:
+                    _fail(
+                        f"session {session_uuid} is still {phase} after {render.seconds(timeout)}"
+                        f" (it keeps going; `ecliptic cancel {session_uuid}` stops it)"
+                    )
+                # Quick first polls so a short session ends promptly, then the chosen interval.
+                time.sleep(min(interval, 0.1 * (polls + 1)))
+                polls += 1
+                session = client.session(session_uuid)
+    except KeyboardInterrupt:
+        _err().print(
+            Text(
+                f"stopped watching: session {session_uuid} is {session.get('phase')} and keeps going "
+                f"(`ecliptic cancel {session_uuid}` stops it)"
+            )
+        )
+        raise typer.Exit(130) from None
+    return session
+
+
+def _final(session: Json, *, show: bool = True) -> NoReturn:
+    """Print how a terminal session ended and exit 0 only if it COMPLETED."""
+    phase = session.get("phase")
+    if show:
+        console = _out()
+        line = _session_line(session, "ended")
+        code = render.exit_code(session)
+        if code:
+            line.append(f" (exit code {code})")
+        console.print(line)
+        _print_messages(console, render.messages_of(session))
+    raise typer.Exit(0 if phase == SessionPhase.COMPLETED else 1)
+
+
+# -- commands ------------------------------------------------------------------------------------------------
+UrlOption = Annotated[
+    str,
+    typer.Option("--url", envvar="ECLIPTIC_URL", show_envvar=True, help="Base URL of the broker."),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the broker's JSON instead of tables (for scripts).")
+]
+IntervalOption = Annotated[
+    float, typer.Option("--interval", min=0.05, help="Seconds between polls while watching.")
+]
+TimeoutOption = Annotated[
+    float | None, typer.Option("--timeout", min=0, help="Give up watching after this many seconds (exit 1).")
+]
+
+
+class LogStream(enum.StrEnum):
+    stdout = "stdout"
+    stderr = "stderr"
+
+
+def submit(
+    file: Annotated[
+        str, typer.Argument(help="Execution request, YAML or JSON (.json); - reads standard input.")
+    ],
+    accept_first: Annotated[bool, typer.Option("--accept-first", help="Accept the first offer.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="With --accept-first: watch it until it ends.")
+    ] = False,
+    json_out: JsonOption = False,
+    interval: IntervalOption = 1.0,
+    timeout: TimeoutOption = None,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Ask the broker for offers for a request file, and optionally accept the first and watch it run.
+
+    With --json, prints one JSON document: the offer set, the accepted session with --accept-first, or the
+    ended session with --watch.
+    """
+    if watch and not accept_first:
+        _fail(
+            "--watch needs --accept-first: there is no session to watch until an offer is accepted",
+            2,
+            hint="or accept one later and run `ecliptic watch UUID`",
+        )
+    document = _load(file)
+    with _broker(url) as client:
+        offerset = client.submit(document.text, document.fmt)
+        yes = offerset.get("result") == "YES" and bool(offerset.get("offers"))
+        if json_out and (not accept_first or not yes):
+            _print_json(offerset)
+            raise typer.Exit(0 if yes else 1)
+        if not json_out:
+            _show_offerset(offerset)
+        if not yes:
+            raise typer.Exit(1)
+        if not accept_first:
+            return
+        session = client.accept(render.uuid_of(offerset["offers"][0]))
+        if not json_out:
+            _out().print(_session_line(session))
+        if not watch:
+            if json_out:
+                _print_json(session)
+            return
+        session = watch_session(
+            client, render.uuid_of(session), interval=interval, timeout=timeout, quiet=json_out
+        )
+        if json_out:
+            _print_json(session)
+        _final(session, show=not json_out)
+
+
+def _show_offerset(offerset: Json) -> None:
+    console = _out()
+    offers = offerset.get("offers") or []
+    result = offerset.get("result", "?")
+    head = Text.assemble("offer set ", (render.uuid_of(offerset), "bold"), ": ")
+    if result == "YES":
+        head.append(f"{len(offers)} offer{'s' if len(offers) != 1 else ''}", style="bold green")
+    else:
+        head.append("no offers", style="bold red")
+    console.print(head)
+    if offers:
+        console.print(render.offers_table(offerset))
+    _print_messages(console, render.messages_of(offerset))
+    if offers:
+        console.print(
+            Text(
+                "accept one with `ecliptic accept UUID`; unaccepted offers expire by themselves", style="dim"
+            )
+        )
+
+
+def direct(
+    file: Annotated[
+        str, typer.Argument(help="Execution request, YAML or JSON (.json); - reads standard input.")
+    ],
+    watch: Annotated[bool, typer.Option("--watch", help="Watch the session until it ends.")] = False,
+    json_out: JsonOption = False,
+    interval: IntervalOption = 1.0,
+    timeout: TimeoutOption = None,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Run a request now: the broker books the first slot and accepts it in one step."""
+    document = _load(file)
+    with _broker(url) as client:
+        session = client.direct(document.text, document.fmt)
+        if session.get("phase") == SessionPhase.FAILED or not watch:
+            if json_out:
+                _print_json(session)
+            else:
+                _out().print(_session_line(session))
+                if session.get("phase") == SessionPhase.FAILED:
+                    _print_messages(_out(), render.messages_of(session))
+            raise typer.Exit(1 if session.get("phase") == SessionPhase.FAILED else 0)
+        if not json_out:
+            _out().print(_session_line(session))
+        session = watch_session(
+            client, render.uuid_of(session), interval=interval, timeout=timeout, quiet=json_out
+        )
+        if json_out:
+            _print_json(session)
+        _final(session, show=not json_out)
+
+
+def _update(session_uuid: str, phase: SessionPhase, url: str, json_out: bool) -> None:
+    with _broker(url) as client:
+        session = client.update(session_uuid, phase.value)
+    if json_out:
+        _print_json(session)
+    else:
+        _out().print(_session_line(session))
+
+
+def accept(
+    session_uuid: Annotated[str, typer.Argument(metavar="UUID", help="An OFFERED session.")],
+    json_out: JsonOption = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Accept an offer: the other offers of its offer set are rejected."""
+    _update(session_uuid, SessionPhase.ACCEPTED, url, json_out)
+
+
+def reject(
+    session_uuid: Annotated[str, typer.Argument(metavar="UUID", help="An OFFERED session.")],
+    json_out: JsonOption = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Reject an offer, freeing what it held."""
+    _update(session_uuid, SessionPhase.REJECTED, url, json_out)
+
+
+def cancel(
+    session_uuid: Annotated[
+        str, typer.Argument(metavar="UUID", help="An accepted, waiting or running session.")
+    ],
+    json_out: JsonOption = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Cancel a session: its executable is stopped and its capacity freed."""
+    _update(session_uuid, SessionPhase.CANCELLED, url, json_out)
+
+
+def sessions(
+    phase: Annotated[
+        SessionPhase | None,
+        typer.Option("--phase", case_sensitive=False, help="Only sessions in this phase."),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="At most this many sessions.")] = 100,
+    watch: Annotated[bool, typer.Option("--watch", help="Keep the table up to date until Ctrl-C.")] = False,
+    json_out: JsonOption = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """List sessions, newest first."""
+    wanted = phase.value if phase is not None else None
+    with _broker(url) as client:
+        found = client.sessions(wanted, limit)
+        if json_out:
+            _print_json({"sessions": found})
+            return
+        if not watch:
+            _out().print(render.sessions_table(found) if found else Text("no sessions", style="dim"))
+            return
+        with (
+            contextlib.suppress(KeyboardInterrupt),
+            Live(render.sessions_table(found), console=_out()) as live,
+        ):
+            while True:
+                time.sleep(1.0)
+                live.update(render.sessions_table(client.sessions(wanted, limit)))
+
+
+def watch(
+    session_uuid: Annotated[str, typer.Argument(metavar="UUID")],
+    interval: IntervalOption = 1.0,
+    timeout: TimeoutOption = None,
+    json_out: JsonOption = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Follow a session's phase until it ends; exit 0 if it COMPLETED, 1 otherwise."""
+    with _broker(url) as client:
+        session = watch_session(client, session_uuid, interval=interval, timeout=timeout, quiet=json_out)
+    if json_out:
+        _print_json(session)
+    _final(session, show=not json_out)
+
+
+def logs(
+    session_uuid: Annotated[str, typer.Argument(metavar="UUID")],
+    stream: Annotated[
+        LogStream, typer.Option("--stream", help="Which output of the executable.")
+    ] = LogStream.stdout,
+    tail: Annotated[int | None, typer.Option("--tail", min=1, help="Only the last N lines.")] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new output until it ends.")
+    ] = False,
+    interval: IntervalOption = 1.0,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Print what the executable wrote to standard output (or error)."""
+    out = typer.get_text_stream("stdout")
+    with _broker(url) as client:
+        if not follow:
+            out.write(client.logs(session_uuid, stream.value, tail))
+            out.flush()
+            return
+        with contextlib.suppress(KeyboardInterrupt):
+            _follow(client, session_uuid, stream.value, tail, interval, out)
+
+
+def _follow(
+    client: BrokerClient, session_uuid: str, stream: str, tail: int | None, interval: float, out: IO[str]
+) -> None:
+    # The API has no offset parameter, so each poll reads the whole log and prints what is past the part
+    # already shown. While the session runs only whole lines are printed, so a line (or a multi-byte
+    # character) caught half-written is never shown twice or garbled.
+    shown = 0
+    first = True
+    while True:
+        phase = client.session(session_uuid).get("phase")
+        ended = phase in render.TERMINAL
+        # Read after the phase: once it is terminal the log read next is complete.
+        text = client.logs(session_uuid, stream)
+        upto = len(text) if ended else text.rfind("\n") + 1
+        if first and tail is not None:
+            shown = len("".join(text[:upto].splitlines(keepends=True)[:-tail]))
+        first = False
+        if upto > shown:
+            out.write(text[shown:upto])
+            out.flush()
+            shown = upto
+        if ended:
+            return
+        time.sleep(interval)
+
+
+def files(
+    session_uuid: Annotated[str, typer.Argument(metavar="UUID")],
+    path: Annotated[str | None, typer.Argument(help="Download this file instead of listing.")] = None,
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="Write the file here (a file or a directory; - for stdout)."),
+    ] = None,
+    json_out: JsonOption = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """List the files in a session's storage, or download one (to standard output unless -o)."""
+    with _broker(url) as client:
+        if path is None:
+            found = client.files(session_uuid)
+            if json_out:
+                _print_json({"files": found})
+            else:
+                _out().print(render.files_table(found) if found else Text("no files", style="dim"))
+            return
+        if output is None or output == "-":
+            client.download(session_uuid, path, typer.get_binary_stream("stdout"))
+            return
+        target = Path(output)
+        if target.is_dir():
+            target = target / Path(path).name
+        partial = target.with_name(target.name + ".part")
+        # Into a side file first, so a failed download never leaves a truncated file under the real name.
+        try:
+            with partial.open("wb") as handle:
+                count = client.download(session_uuid, path, handle)
+            partial.replace(target)
+        except OSError as exc:
+            _fail(f"cannot write {target}: {exc.strerror or exc}")
+        finally:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+    _err().print(Text(f"saved {path} to {target} ({render.size(count)})"))
+
+
+def show(
+    session_uuid: Annotated[str, typer.Argument(metavar="UUID")],
+    json_out: JsonOption = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Show one session: phase, schedule, components and messages."""
+    with _broker(url) as client:
+        session = client.session(session_uuid)
+    if json_out:
+        _print_json(session)
+    else:
+        _out().print(render.session_panel(session))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the client commands to the root ``ecliptic`` command."""
+    for command in (submit, direct, accept, reject, cancel, sessions, watch, logs, files, show):
+        app.command(rich_help_panel="Client")(command)
