@@ -18,6 +18,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from ecliptic import engine
 from ecliptic.broker import lifecycle, messages
 from ecliptic.broker.phases import COMPONENT_TERMINAL, ComponentPhase, SessionPhase
@@ -47,19 +49,23 @@ def _env_name(text: str) -> str:
 
 
 class OfferExpirer:
+    """Moves the unaccepted offers of an offer set to EXPIRED at their deadline and frees their capacity."""
+
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
 
     def __call__(self, job: Job) -> Outcome:
         now = utcnow()
         with self.broker.db.write() as session:
-            row = session.get(SessionRow, job.subject)
-            if row is None or row.phase != SessionPhase.OFFERED:
-                return Done()
-            if row.expires is not None and row.expires > now:
-                return Again(row.expires)
-            lifecycle.expire_if_due(session, row, now)
-        return Done()
+            offers = session.scalars(
+                select(SessionRow).where(
+                    SessionRow.offerset_uuid == job.subject, SessionRow.phase == SessionPhase.OFFERED
+                )
+            ).all()
+            pending = [row.expires for row in offers if row.expires is not None and row.expires > now]
+            for row in offers:
+                lifecycle.expire_if_due(session, row, now)
+        return Again(min(pending)) if pending else Done()
 
 
 class SessionPurger:

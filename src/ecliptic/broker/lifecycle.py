@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from ecliptic import engine
@@ -17,7 +17,8 @@ from ecliptic.broker.phases import CLIENT_TRANSITIONS, COMPONENT_TERMINAL, Compo
 from ecliptic.isotime import format_instant
 from ecliptic.store.tables import BookingRow, ComponentRow, SessionRow, TransitionRow
 
-EXPIRE = "broker.offer.expire"
+EXPIRE = "broker.offerset.expire"
+"""Subject: an offer set; its offers share one deadline."""
 ADVANCE = "broker.session.advance"
 PURGE = "broker.session.purge"
 
@@ -26,13 +27,18 @@ class TransitionRefused(Exception):
     """A client asked for a phase change that is not allowed from the session's current phase."""
 
 
+def record(
+    session: Session, session_uuid: str, component: str | None, phase: str, now: datetime, reason: str | None,
+    from_phase: str | None = None,
+) -> None:
+    session.add(TransitionRow(session_uuid=session_uuid, component=component, at=now, from_phase=from_phase,
+                              to_phase=phase, reason=reason))
+
+
 def set_phase(session: Session, row: SessionRow, phase: SessionPhase, now: datetime, reason: str | None = None) -> None:
     if row.phase == phase:
         return
-    session.add(
-        TransitionRow(session_uuid=row.uuid, component=None, at=now, from_phase=row.phase, to_phase=phase,
-                      reason=reason)
-    )
+    record(session, row.uuid, None, phase, now, reason, row.phase)
     row.phase = phase
     row.modified = now
     if reason and phase in (SessionPhase.FAILED, SessionPhase.CANCELLED, SessionPhase.EXPIRED,
@@ -46,10 +52,7 @@ def set_component_phase(
 ) -> None:
     if component.phase == phase:
         return
-    session.add(
-        TransitionRow(session_uuid=row.uuid, component=component.role, at=now, from_phase=component.phase,
-                      to_phase=phase, reason=reason)
-    )
+    record(session, row.uuid, component.role, phase, now, reason, component.phase)
     component.phase = phase
     row.modified = now
 
@@ -69,22 +72,17 @@ def expire_if_due(session: Session, row: SessionRow, now: datetime) -> bool:
         return False
     set_phase(session, row, SessionPhase.EXPIRED, now, f"the offer expired at {format_instant(row.expires)}")
     free_capacity(session, row)
-    engine.cancel(session, EXPIRE, row.uuid)
     return True
 
 
 def reject(session: Session, row: SessionRow, now: datetime, reason: str) -> None:
     set_phase(session, row, SessionPhase.REJECTED, now, reason)
     free_capacity(session, row)
-    engine.cancel(session, EXPIRE, row.uuid)
 
 
 def accept(session: Session, row: SessionRow, now: datetime, reason: str = "accepted by the client") -> None:
     set_phase(session, row, SessionPhase.ACCEPTED, now, reason)
-    booking = session.get(BookingRow, row.uuid)
-    if booking is not None:
-        booking.expires_s = None
-    engine.cancel(session, EXPIRE, row.uuid)
+    session.execute(update(BookingRow).where(BookingRow.session_uuid == row.uuid).values(expires_s=None))
     if row.offerset_uuid is not None:
         siblings = session.scalars(
             select(SessionRow).where(

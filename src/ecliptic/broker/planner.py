@@ -4,8 +4,8 @@ The planner honours the requested start windows (start *and* end), the minimum a
 the storage size and the duration; every offer is one time slot; no offer starts in the past. It offers, in
 this order: the earliest slot at the largest size that fits there; a later slot with the full requested
 maximum, when the earliest one is smaller; then later, non-overlapping slots; on every platform that can run
-the executable. Callers hold the platform lock (see :meth:`Planner.lock`) from reading the calendar until the
-offers are booked.
+the executable. :meth:`Planner.offers` locks the platforms it reads, so the caller must book the offers in the
+same transaction.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from ecliptic.broker import messages
@@ -51,6 +51,18 @@ class PlannerSettings:
     max_offers: int
 
 
+_CALENDAR_READ = select(
+    BookingRow.start_s, BookingRow.end_s, BookingRow.cores, BookingRow.memory_gib, BookingRow.storage_gib
+).where(
+    BookingRow.platform == bindparam("platform"),
+    BookingRow.start_s >= bindparam("from_start"),
+    BookingRow.start_s < bindparam("end"),
+    BookingRow.end_s > bindparam("start"),
+    or_(BookingRow.expires_s.is_(None), BookingRow.expires_s > bindparam("now")),
+)
+"""Holds overlapping a window: a range scan of (platform, start_s) that reaches back one longest hold."""
+
+
 def _epoch(value: datetime) -> int:
     return int(value.timestamp())
 
@@ -76,32 +88,55 @@ class Planner:
         self.platforms = platforms
         self.settings = settings
 
-    def lock(self, session: Session, names: Sequence[str]) -> None:
-        """Serialise booking per platform. SQLite's write transaction already does; PostgreSQL needs a row lock."""
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(
-                select(PlatformRow.name).where(PlatformRow.name.in_(sorted(names))).order_by(PlatformRow.name)
-                .with_for_update()
-            ).all()
+    def _lock(self, session: Session, names: Sequence[str]) -> dict[str, int]:
+        """Serialise booking per platform: SQLite's write transaction already does; PostgreSQL takes row locks.
 
-    def offers(self, session: Session, plan: Plan, now: datetime, limit: int | None = None) -> list[Offer] | list[Message]:
-        """Offers for ``plan``, or the messages that explain why there are none."""
+        Also reads how long the longest booking on each platform is, which bounds the calendar reads.
+        """
+        query = select(PlatformRow.name, PlatformRow.longest_hold_s).where(PlatformRow.name.in_(sorted(names)))
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.order_by(PlatformRow.name).with_for_update()
+        return {name: int(longest or 0) for name, longest in session.execute(query).all()}
+
+    def note_holds(self, session: Session, bookings: Sequence[BookingRow], known: dict[str, int]) -> None:
+        """Raise each platform's longest-hold mark where a new booking is longer than any before it."""
+        longest: dict[str, int] = {}
+        for booking in bookings:
+            length = booking.end_s - booking.start_s
+            if length > max(known.get(booking.platform, 0), longest.get(booking.platform, 0)):
+                longest[booking.platform] = length
+        for name, length in longest.items():
+            session.execute(
+                update(PlatformRow)
+                .where(PlatformRow.name == name, PlatformRow.longest_hold_s < length)
+                .values(longest_hold_s=length)
+            )
+
+    def offers(
+        self, session: Session, plan: Plan, now: datetime, limit: int | None = None
+    ) -> tuple[list[Offer] | list[Message], dict[str, int]]:
+        """Offers for ``plan`` (or the messages that explain why there are none), and each platform's longest hold.
+
+        Locks the platforms: the caller books what it takes in the same transaction.
+        """
         limit = limit or self.settings.max_offers
         found: list[Offer] = []
         reasons: list[Message] = []
+        longest = self._lock(session, list(self.platforms))
         for name, platform in self.platforms.items():
-            result = self._offers_on(session, name, platform, plan, now, limit)
+            result = self._offers_on(session, name, platform, plan, now, limit, longest.get(name, 0))
             if isinstance(result, Message):
                 reasons.append(result)
             else:
                 found.extend(result)
         if not found:
-            return reasons
+            return reasons, longest
         found.sort(key=lambda offer: (offer.available_start, -offer.cores, -offer.memory_gib, offer.platform))
-        return found[:limit]
+        return found[:limit], longest
 
     def _offers_on(
-        self, session: Session, name: str, platform: Platform, plan: Plan, now: datetime, limit: int
+        self, session: Session, name: str, platform: Platform, plan: Plan, now: datetime, limit: int,
+        lookback: int,
     ) -> list[Offer] | Message:
         info = platform.info
         capacity = info.capacity
@@ -153,7 +188,9 @@ class Planner:
                 earliest=format_instant(datetime.fromtimestamp(first_start, tz=now.tzinfo)),
             )
         ranges.sort()
-        calendar = self._calendar(session, name, capacity_of(platform), ranges[0][0], ranges[-1][1] + length, now_s)
+        calendar = self._calendar(
+            session, name, capacity_of(platform), ranges[0][0], ranges[-1][1] + length, now_s, lookback
+        )
         need = Resources(plan.cores[0], plan.memory_gib[0], plan.storage_gib)
         best = Resources(plan.cores[1], plan.memory_gib[1], plan.storage_gib)
 
@@ -206,17 +243,11 @@ class Planner:
         return chosen
 
     def _calendar(
-        self, session: Session, platform: str, capacity: Resources, start: int, end: int, now: int
+        self, session: Session, platform: str, capacity: Resources, start: int, end: int, now: int, lookback: int
     ) -> CapacityCalendar:
         rows = session.execute(
-            select(
-                BookingRow.start_s, BookingRow.end_s, BookingRow.cores, BookingRow.memory_gib, BookingRow.storage_gib
-            ).where(
-                BookingRow.platform == platform,
-                BookingRow.end_s > start,
-                BookingRow.start_s < end,
-                or_(BookingRow.expires_s.is_(None), BookingRow.expires_s > now),
-            )
+            _CALENDAR_READ,
+            {"platform": platform, "from_start": start - lookback, "start": start, "end": end, "now": now},
         ).all()
         return CapacityCalendar(capacity, (Hold(*row) for row in rows))
 

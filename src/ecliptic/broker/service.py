@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
 from ecliptic import engine
@@ -77,77 +79,87 @@ class Broker:
     def request_offers(self, request: ExecutionRequest, owner: str | None = None) -> OfferSetRow:
         """Validate, plan and book: an offer set with YES and OFFERED sessions, or NO and messages.
 
-        Raises :class:`~ecliptic.broker.validate.RequestInvalid` for a malformed request.
+        Raises :class:`~ecliptic.broker.validate.RequestInvalid` for a malformed request. The rows are written
+        with one multi-row INSERT per table (the ORM unit of work costs more than the planning), and the
+        offer set comes back as built, so answering it needs no second query.
         """
         now = utcnow()
         checked = validate(request, now=now, default_duration=self.settings.default_duration)
+        offerset = OfferSetRow(
+            uuid=str(uuid.uuid4()),
+            name=(request.meta.name if request.meta else None) or request.name,
+            owner=owner,
+            created=now,
+            result="NO",
+            request=request.model_dump(mode="json", exclude_none=True),
+            messages=[],
+        )
+        rows: list[SessionRow] = []
         with self.db.write() as session:
-            offerset = OfferSetRow(
-                uuid=str(uuid.uuid4()),
-                name=(request.meta.name if request.meta else None) or request.name,
-                owner=owner,
-                created=now,
-                result="NO",
-                request=request.model_dump(mode="json", exclude_none=True),
-                messages=[],
-            )
-            session.add(offerset)
             if isinstance(checked, Rejection):
                 offerset.messages = _dump(checked.messages)
-                return self._reread(session, offerset)
-            self.planner.lock(session, list(self.platforms))
-            found = self.planner.offers(session, checked, now)
-            if not found or isinstance(found[0], Message):
-                offerset.messages = _dump([m for m in found if isinstance(m, Message)] + checked.messages)
-                return self._reread(session, offerset)
-            offerset.result = "YES"
-            offerset.messages = _dump(checked.messages)
-            expires = now + self.settings.offer_lifetime
-            session.flush()
-            for position, offer in enumerate(found):
-                assert isinstance(offer, Offer)
-                row = self._book(session, checked, offer, now, owner, SessionPhase.OFFERED, expires)
-                row.offerset_uuid = offerset.uuid
-                row.position = position
-                row.name = f"{offerset.name or 'offer'}-{position}"
-                engine.schedule(session, lifecycle.EXPIRE, row.uuid, expires)
-        self._wake()
-        return self.offerset(offerset.uuid)
+            else:
+                found, longest = self.planner.offers(session, checked, now)
+                if not found or isinstance(found[0], Message):
+                    offerset.messages = _dump([m for m in found if isinstance(m, Message)] + checked.messages)
+                else:
+                    offerset.result = "YES"
+                    offerset.messages = _dump(checked.messages)
+                    expires = now + self.settings.offer_lifetime
+                    for position, offer in enumerate(found):
+                        assert isinstance(offer, Offer)
+                        row = self._session_for(checked, offer, now, owner, SessionPhase.OFFERED, expires)
+                        row.offerset_uuid = offerset.uuid
+                        row.position = position
+                        row.name = f"{offerset.name or 'offer'}-{position}"
+                        rows.append(row)
+                    # One expiry item for the whole set: its offers share one deadline.
+                    engine.schedule(session, lifecycle.EXPIRE, offerset.uuid, expires)
+            _insert(session, OfferSetRow, [offerset])
+            if rows:
+                self._persist(session, rows, now + self.settings.offer_lifetime, longest)
+        offerset.sessions = rows
+        if rows:
+            self._wake()
+        return offerset
 
     def direct(self, request: ExecutionRequest, owner: str | None = None) -> DirectResult:
         """Direct execution: book the first offer and accept it at once, or a FAILED session saying why not."""
         now = utcnow()
         checked = validate(request, now=now, default_duration=self.settings.default_duration)
         accepted: str | None = None
-        failed = ""
         with self.db.write() as session:
             reasons: list[Message] = []
             if isinstance(checked, Rejection):
                 reasons = checked.messages
             else:
-                self.planner.lock(session, list(self.platforms))
-                found = self.planner.offers(session, checked, now, limit=1)
+                found, longest = self.planner.offers(session, checked, now, limit=1)
                 if found and isinstance(found[0], Offer):
-                    row = self._book(session, checked, found[0], now, owner, SessionPhase.ACCEPTED, None)
+                    row = self._session_for(checked, found[0], now, owner, SessionPhase.ACCEPTED, None)
                     row.messages = _dump(checked.messages)
-                    lifecycle.set_phase(session, row, SessionPhase.ACCEPTED, now, "direct execution")
+                    self._persist(session, [row], None, longest)
+                    lifecycle.record(session, row.uuid, None, SessionPhase.ACCEPTED, now, "direct execution")
                     engine.schedule(session, lifecycle.ADVANCE, row.uuid, now)
                     accepted = row.uuid
                 else:
                     reasons = [m for m in found if isinstance(m, Message)]
             if accepted is None:
-                failed = self._failed_session(session, request, now, owner, reasons)
+                failed = self._failed_session(request, now, owner, reasons)
+                _insert(session, SessionRow, [failed])
         if accepted is not None:
             self._wake()
             return DirectResult(self.session(accepted), True)
-        return DirectResult(self.session(failed), False)
+        return DirectResult(self.session(failed.uuid), False)
 
-    def _book(
-        self, session: Session, plan: Plan, offer: Offer, now: datetime, owner: str | None,
-        phase: SessionPhase, expires: datetime | None,
+    def _session_for(
+        self, plan: Plan, offer: Offer, now: datetime, owner: str | None, phase: SessionPhase,
+        expires: datetime | None,
     ) -> SessionRow:
+        """A new session (not yet stored) booked as ``offer`` says, with its components."""
         row = SessionRow(
             uuid=str(uuid.uuid4()),
+            offerset_uuid=None,
+            position=0,
             name=plan.name,
             owner=owner,
             platform=offer.platform,
@@ -162,52 +174,65 @@ class Broker:
             cores=offer.cores,
             memory_gib=offer.memory_gib,
             storage_gib=offer.storage_gib,
+            reason=None,
+            exit_code=None,
+            released=False,
             messages=[],
         )
-        session.add(row)
-        session.flush()  # bookings reference the session by a bare foreign key: the row must exist first
         # Each offer is its own session, so its components get their own UUIDs; references between them
         # (data → storage, volume → resource) are rewritten to match.
         renamed = {component.uuid: str(uuid.uuid4()) for component in plan.components()}
-        for position, component in enumerate(plan.components()):
-            session.add(
-                ComponentRow(
-                    uuid=renamed[component.uuid],
-                    session_uuid=row.uuid,
-                    position=position,
-                    role=component.role,
-                    name=component.name,
-                    kind=component.kind,
-                    phase=ComponentPhase.INITIALIZING,
-                    spec=_rewrite(component.spec, renamed),
-                    state={},
-                )
-            )
-        session.add(
-            BookingRow(
+        row.components = [
+            ComponentRow(
+                uuid=renamed[component.uuid],
                 session_uuid=row.uuid,
-                platform=offer.platform,
-                start_s=int(offer.prepare_start.timestamp()),
-                end_s=int(offer.release_end.timestamp()),
-                cores=offer.cores,
-                memory_gib=offer.memory_gib,
-                storage_gib=offer.storage_gib,
-                expires_s=int(expires.timestamp()) if expires is not None else None,
+                position=position,
+                role=component.role,
+                name=component.name,
+                kind=component.kind,
+                phase=ComponentPhase.INITIALIZING,
+                spec=_rewrite(component.spec, renamed),
+                state={},
             )
-        )
+            for position, component in enumerate(plan.components())
+        ]
         return row
 
+    def _persist(
+        self, session: Session, rows: list[SessionRow], expires: datetime | None, longest: dict[str, int]
+    ) -> None:
+        _insert(session, SessionRow, rows)
+        _insert(session, ComponentRow, [component for row in rows for component in row.components])
+        bookings = [
+            BookingRow(
+                session_uuid=row.uuid,
+                platform=row.platform,
+                start_s=int(row.prepare_start.timestamp()),
+                end_s=int(row.release_end.timestamp()),
+                cores=row.cores,
+                memory_gib=row.memory_gib,
+                storage_gib=row.storage_gib,
+                expires_s=int(expires.timestamp()) if expires is not None else None,
+            )
+            for row in rows
+        ]
+        _insert(session, BookingRow, bookings)
+        self.planner.note_holds(session, bookings, longest)
+
     def _failed_session(
-        self, session: Session, request: ExecutionRequest, now: datetime, owner: str | None, reasons: list[Message]
-    ) -> str:
-        row = SessionRow(
+        self, request: ExecutionRequest, now: datetime, owner: str | None, reasons: list[Message]
+    ) -> SessionRow:
+        return SessionRow(
             uuid=str(uuid.uuid4()),
+            offerset_uuid=None,
+            position=0,
             name=(request.meta.name if request.meta else None) or request.name,
             owner=owner,
             platform="",
             phase=SessionPhase.FAILED,
             created=now,
             modified=now,
+            expires=None,
             prepare_start=now,
             available_start=now,
             available_end=now,
@@ -215,17 +240,11 @@ class Broker:
             cores=0,
             memory_gib=0,
             storage_gib=0,
+            exit_code=None,
             released=True,
             messages=_dump(reasons),
             reason="; ".join(m.message for m in reasons) or "the request cannot be satisfied",
         )
-        session.add(row)
-        return row.uuid
-
-    def _reread(self, session: Session, offerset: OfferSetRow) -> OfferSetRow:
-        """An offer set with no offers needs no second query: it is complete as it stands."""
-        offerset.sessions = []
-        return offerset
 
     # -- reads -----------------------------------------------------------------------------------------------
     def offerset(self, offerset_uuid: str) -> OfferSetRow:
@@ -312,6 +331,19 @@ class Broker:
     def capacity_in_use(self) -> list[BookingRow]:
         with self.db.read() as session:
             return list(session.scalars(select(BookingRow)).all())
+
+
+@cache
+def _insert_for(entity: type[Any]) -> tuple[Any, tuple[str, ...]]:
+    return insert(entity.__table__), tuple(attr.key for attr in sa_inspect(entity).column_attrs)
+
+
+def _insert(session: Session, entity: type[Any], objects: Sequence[Any]) -> None:
+    """One multi-row INSERT of transient ORM objects, skipping the unit of work."""
+    if not objects:
+        return
+    statement, keys = _insert_for(entity)
+    session.execute(statement, [{key: getattr(obj, key) for key in keys} for obj in objects])
 
 
 def _rewrite(value: Any, renamed: dict[str, str]) -> Any:

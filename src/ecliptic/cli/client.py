@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import logging
+import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -291,6 +293,8 @@ YAML_HINTS = (
         "expected a single document",
         "the file holds more than one YAML document ('---'): send one request per file",
     ),
+    ("expected ',' or ']'", "a [ list ] is not closed, or a comma is missing between its items"),
+    ("expected ',' or '}'", "a { mapping } is not closed, or a comma is missing between its items"),
     ("found unexpected end of stream", "a quoted string is not closed"),
     ("while scanning a quoted scalar", "a quoted string is not closed"),
     ("found undefined alias", "an alias (*name) refers to an anchor (&name) that is not defined"),
@@ -341,6 +345,10 @@ def parse_request(text: str, name: str, fmt: Format) -> Json:
             if mark is None:
                 raise RequestFileError(f"{name}: not valid YAML: {problem}") from exc
             line, column = mark.line + 1, mark.column + 1
+            opened = exc.context_mark
+            if exc.context and opened is not None and opened.line != mark.line:
+                # "while parsing a flow sequence" points at the unclosed bracket: worth saying where that is.
+                problem += f" ({exc.context} at line {opened.line + 1}, column {opened.column + 1})"
             raise RequestFileError(
                 f"{name}, line {line}, column {column}: not valid YAML: {problem}",
                 excerpt=_excerpt(text, line, column),
@@ -390,13 +398,29 @@ def read_request(source: str) -> RequestDocument:
 
 
 # -- output helpers ------------------------------------------------------------------------------------------
-def _out() -> Console:
+def _console(*, stderr: bool = False) -> Console:
     # Made per call, not at import: the console must write to whatever sys.stdout is now (tests swap it).
-    return Console(highlight=False)
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # Piped or captured: lay tables out at their natural width instead of folding them into 80 columns.
+        console.width = 200
+    return console
+
+
+def _out() -> Console:
+    return _console()
 
 
 def _err() -> Console:
-    return Console(stderr=True, highlight=False)
+    return _console(stderr=True)
+
+
+def _quiet_http_logs() -> None:
+    # The root command logs at INFO, which would print a line for every request httpx makes: noise for a
+    # client command unless -v asked for DEBUG.
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _fail(message: str, code: int = 1, *, hint: str | None = None, excerpt: str | None = None) -> NoReturn:
@@ -425,6 +449,7 @@ def _loc(loc: Any) -> str:
 @contextlib.contextmanager
 def _broker(url: str) -> Iterator[BrokerClient]:
     """A client for ``url``, turning every broker failure into one clear message and an exit code."""
+    _quiet_http_logs()
     try:
         with BrokerClient(url) as client:
             yield client
@@ -445,6 +470,8 @@ def _broker(url: str) -> Iterator[BrokerClient]:
             line.append(exc.message)
             err.print(line)
             for detail in exc.details:
+                if len(exc.details) == 1 and str(detail.get("msg", "")) in exc.message:
+                    continue  # the message already says it; listing one problem again is noise
                 err.print(
                     Text.assemble("  ", (_loc(detail.get("loc")), "bold"), ": ", str(detail.get("msg", "")))
                 )
@@ -480,25 +507,31 @@ def watch_session(
     timeout: float | None = None,
     quiet: bool = False,
 ) -> Json:
-    """Poll until the session is terminal and return it, printing a line per phase change."""
-    console = _err() if quiet else _out()
+    """Poll until the session is terminal and return it, printing a line per phase change.
+
+    On a terminal a live line below those shows the phase of each component; ``quiet`` shows nothing.
+    """
+    console = _out()
     started = time.monotonic()
     session = client.session(session_uuid)
     last_phase: str | None = None
     polls = 0
     try:
-        with Live(console=console, transient=True, refresh_per_second=10) as live:
+        with contextlib.ExitStack() as stack:
+            live = None if quiet else stack.enter_context(Live(console=console, transient=True))
             while True:
                 phase = session.get("phase")
-                if phase != last_phase and not quiet:
-                    elapsed = render.seconds(time.monotonic() - started)
-                    console.print(Text.assemble((f"{elapsed:>6}  ", "dim"), render.phase_text(phase)))
-                    last_phase = phase
+                elapsed = time.monotonic() - started
+                if phase != last_phase and live is not None:
+                    console.print(
+                        Text.assemble((f"{render.seconds(elapsed):>6}  ", "dim"), render.phase_text(phase))
+                    )
+                last_phase = phase
                 if phase in render.TERMINAL:
                     break
-                if not quiet:
-                    live.update(render.watch_status(session, time.monotonic() - started))
-                if timeout is not None and time.monotonic() - started >= timeout:
+                if live is not None:
+                    live.update(render.watch_status(session, elapsed))
+                if timeout is not None and elapsed >= timeout:
                     _fail(
                         f"session {session_uuid} is still {phase} after {render.seconds(timeout)}"
                         f" (it keeps going; `ecliptic cancel {session_uuid}` stops it)"

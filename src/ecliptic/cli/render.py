@@ -200,11 +200,12 @@ def offers_table(offerset: Json) -> Table:
     table = _table()
     table.add_column("#", justify="right")
     _uuid_column(table)
-    table.add_column("start (UTC)")
+    # Minimum widths so a narrow terminal wraps the start between date and time instead of cutting it.
+    table.add_column("start (UTC)", min_width=10)
     table.add_column("for", justify="right")
     table.add_column("cores", justify="right")
     table.add_column("GiB", justify="right")
-    table.add_column("expires", justify="right")
+    table.add_column("expires", justify="right", min_width=8)
     offers = offerset.get("offers")
     for index, offer in enumerate(offers if isinstance(offers, list) else []):
         available = _available(offer)
@@ -239,7 +240,7 @@ def sessions_table(sessions: Iterable[Json]) -> Table:
     _uuid_column(table)
     table.add_column("name")
     table.add_column("phase", no_wrap=True)
-    table.add_column("start (UTC)")
+    table.add_column("start (UTC)", min_width=10)
     table.add_column("cores", justify="right")
     table.add_column("GiB", justify="right")
     table.add_column("exit", justify="right")

@@ -25,6 +25,8 @@ class PlatformRow(Base):
     memory_gib: Mapped[int] = mapped_column(Integer)
     storage_gib: Mapped[int] = mapped_column(Integer)
     max_duration_s: Mapped[int] = mapped_column(BigInteger)
+    longest_hold_s: Mapped[int] = mapped_column(BigInteger, default=0)
+    """The longest booking ever made here: how far back a calendar read must look for overlapping holds."""
 
 
 class OfferSetRow(Base):
@@ -118,7 +120,7 @@ class BookingRow(Base):
     """
 
     __tablename__ = "bookings"
-    __table_args__ = (Index("ix_bookings_platform_end", "platform", "end_s"),)
+    __table_args__ = (Index("ix_bookings_platform_start", "platform", "start_s"),)
 
     session_uuid: Mapped[str] = mapped_column(ForeignKey("sessions.uuid"), primary_key=True)
     platform: Mapped[str] = mapped_column(String(64))

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 18:20:32.522434
+Create Date: 2026-11-23 18:32:52.321398
 """
 
 from collections.abc import Sequence
@@ -36,6 +36,7 @@ def upgrade() -> None:
     sa.Column('memory_gib', sa.Integer(), nullable=False),
     sa.Column('storage_gib', sa.Integer(), nullable=False),
     sa.Column('max_duration_s', sa.BigInteger(), nullable=False),
+    sa.Column('longest_hold_s', sa.BigInteger(), nullable=False),
     sa.PrimaryKeyConstraint('name')
     )
     op.create_table('transitions',
@@ -110,7 +111,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('session_uuid')
     )
     with op.batch_alter_table('bookings', schema=None) as batch_op:
-        batch_op.create_index('ix_bookings_platform_end', ['platform', 'end_s'], unique=False)
+        batch_op.create_index('ix_bookings_platform_start', ['platform', 'start_s'], unique=False)
 
     op.create_table('components',
     sa.Column('uuid', sa.String(length=36), nullable=False),
@@ -136,7 +137,7 @@ def downgrade() -> None:
 
     op.drop_table('components')
     with op.batch_alter_table('bookings', schema=None) as batch_op:
-        batch_op.drop_index('ix_bookings_platform_end')
+        batch_op.drop_index('ix_bookings_platform_start')
 
     op.drop_table('bookings')
     with op.batch_alter_table('sessions', schema=None) as batch_op:
