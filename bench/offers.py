@@ -70,18 +70,41 @@ def fill(db: Database, count: int, rng: random.Random) -> None:
     batch = 5000
     for offset in range(0, count, batch):
         sessions, bookings = [], []
-        for cores, length in jobs[offset: offset + batch]:
+        for cores, length in jobs[offset : offset + batch]:
             start = now + int(rng.uniform(0, horizon))
             uid = str(uuid.uuid4())
             when = created + timedelta(seconds=start - now)
-            sessions.append({
-                "uuid": uid, "position": 0, "platform": "local", "phase": "ACCEPTED", "created": created,
-                "modified": created, "prepare_start": when, "available_start": when,
-                "available_end": when + timedelta(seconds=length), "release_end": when + timedelta(seconds=length),
-                "cores": cores, "memory_gib": cores * 2, "storage_gib": 0, "released": False, "messages": [],
-            })
-            bookings.append({"session_uuid": uid, "platform": "local", "start_s": start, "end_s": start + length,
-                             "cores": cores, "memory_gib": cores * 2, "storage_gib": 0, "expires_s": None})
+            sessions.append(
+                {
+                    "uuid": uid,
+                    "position": 0,
+                    "platform": "local",
+                    "phase": "ACCEPTED",
+                    "created": created,
+                    "modified": created,
+                    "prepare_start": when,
+                    "available_start": when,
+                    "available_end": when + timedelta(seconds=length),
+                    "release_end": when + timedelta(seconds=length),
+                    "cores": cores,
+                    "memory_gib": cores * 2,
+                    "storage_gib": 0,
+                    "released": False,
+                    "messages": [],
+                }
+            )
+            bookings.append(
+                {
+                    "session_uuid": uid,
+                    "platform": "local",
+                    "start_s": start,
+                    "end_s": start + length,
+                    "cores": cores,
+                    "memory_gib": cores * 2,
+                    "storage_gib": 0,
+                    "expires_s": None,
+                }
+            )
         with db.write() as session:
             session.execute(insert(SessionRow), sessions)
             session.execute(insert(BookingRow), bookings)
@@ -94,7 +117,11 @@ def fill(db: Database, count: int, rng: random.Random) -> None:
 def forget(db: Database, offerset_uuid: str) -> None:
     """Take the measured request's offers off the calendar again, so every request sees the same calendar."""
     with db.write() as session:
-        uuids = list(session.scalars(sqlalchemy.select(SessionRow.uuid).where(SessionRow.offerset_uuid == offerset_uuid)))
+        uuids = list(
+            session.scalars(
+                sqlalchemy.select(SessionRow.uuid).where(SessionRow.offerset_uuid == offerset_uuid)
+            )
+        )
         session.execute(delete(BookingRow).where(BookingRow.session_uuid.in_(uuids)))
         session.execute(delete(WorkItem).where(WorkItem.subject.in_(uuids)))
         session.execute(delete(TransitionRow).where(TransitionRow.session_uuid.in_(uuids)))
@@ -107,8 +134,12 @@ def measure(name: str, url: str, sizes: list[int], requests: int, data_dir: Path
     upgrade(db)
     settings = Settings(data_dir=data_dir, database_url=url, local_cores=CORES, local_memory_gib=MEMORY)
     platforms = {"local": LocalPlatform(Capacity(CORES, MEMORY, 10_000, timedelta(days=1)))}
-    planner = Planner(platforms, PlannerSettings(settings.default_start_range, settings.slot_step,
-                                                 settings.release_margin, settings.max_offers))
+    planner = Planner(
+        platforms,
+        PlannerSettings(
+            settings.default_start_range, settings.slot_step, settings.release_margin, settings.max_offers
+        ),
+    )
     broker = Broker(db, settings, platforms, planner)
     broker.sync_platforms()
     request = ExecutionRequest.model_validate(REQUEST)
@@ -128,23 +159,31 @@ def measure(name: str, url: str, sizes: list[int], requests: int, data_dir: Path
             offered.append(len(offerset.sessions))
             forget(db, offerset.uuid)
         timings.sort()
-        results.append(Result(
-            database=name, bookings=size,
-            p50=statistics.median(timings) * 1000,
-            p99=timings[min(len(timings) - 1, int(len(timings) * 0.99))] * 1000,
-            per_second=len(timings) / sum(timings),
-            offers=statistics.mean(offered),
-        ))
+        results.append(
+            Result(
+                database=name,
+                bookings=size,
+                p50=statistics.median(timings) * 1000,
+                p99=timings[min(len(timings) - 1, int(len(timings) * 0.99))] * 1000,
+                per_second=len(timings) / sum(timings),
+                offers=statistics.mean(offered),
+            )
+        )
     db.dispose()
     return results
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="0,1000,10000,100000")
     parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--postgres", default=os.environ.get("ECLIPTIC_TEST_POSTGRES_URL"),
-                        help="PostgreSQL URL (a scratch schema is created and dropped); omit to skip")
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("ECLIPTIC_TEST_POSTGRES_URL"),
+        help="PostgreSQL URL (a scratch schema is created and dropped); omit to skip",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     console = Console()
@@ -170,12 +209,21 @@ def main() -> int:
         table.add_column(column, justify="right")
     baseline = {r.database: r.p99 for r in results if r.bookings == min(sizes)}
     for r in results:
-        table.add_row(r.database, f"{r.bookings:,}", f"{r.p50:.2f}", f"{r.p99:.2f}", f"{r.per_second:.0f}",
-                      f"{r.offers:.1f}", f"{r.p99 / baseline[r.database]:.2f}×")
+        table.add_row(
+            r.database,
+            f"{r.bookings:,}",
+            f"{r.p50:.2f}",
+            f"{r.p99:.2f}",
+            f"{r.per_second:.0f}",
+            f"{r.offers:.1f}",
+            f"{r.p99 / baseline[r.database]:.2f}×",
+        )
     console.print(table)
     worst = max((r for r in results if r.bookings == max(sizes)), key=lambda r: r.p99)
-    console.print(f"Worst p99 at {worst.bookings:,} bookings: {worst.p99:.2f} ms on {worst.database} "
-                  f"(target: under 10 ms)")
+    console.print(
+        f"Worst p99 at {worst.bookings:,} bookings: {worst.p99:.2f} ms on {worst.database} "
+        f"(target: under 10 ms)"
+    )
     return 0
 
 

@@ -88,8 +88,14 @@ class LiveServer:
         self.app = create_app(settings, run_workers=run_workers)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                limit_concurrency=4000, backlog=4096)
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            limit_concurrency=4000,
+            backlog=4096,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -34,7 +34,9 @@ class ServerProcess:
         handle = self.log.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ecliptic", "serve", "--port", str(self.port)],
-            env=self.env, stdout=handle, stderr=subprocess.STDOUT,
+            env=self.env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -13,15 +13,22 @@ from ecliptic.isotime import (
 
 
 def test_instants_with_zone_fraction_and_date_only() -> None:
-    assert parse_instant("2025-11-25T05:27:10.440116Z") == datetime(2025, 11, 25, 5, 27, 10, 440116, tzinfo=UTC)
+    assert parse_instant("2025-11-25T05:27:10.440116Z") == datetime(
+        2025, 11, 25, 5, 27, 10, 440116, tzinfo=UTC
+    )
     assert parse_instant("2025-11-25T06:00:00+01:00") == datetime(2025, 11, 25, 5, 0, tzinfo=UTC)
     assert parse_instant("2023-08-09") == datetime(2023, 8, 9, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("PT30M", timedelta(minutes=30)), ("PT2H", timedelta(hours=2)), ("P1D", timedelta(days=1)),
-     ("P1W", timedelta(weeks=1)), ("PT0.5S", timedelta(milliseconds=500))],
+    [
+        ("PT30M", timedelta(minutes=30)),
+        ("PT2H", timedelta(hours=2)),
+        ("P1D", timedelta(days=1)),
+        ("P1W", timedelta(weeks=1)),
+        ("PT0.5S", timedelta(milliseconds=500)),
+    ],
 )
 def test_durations(text: str, expected: timedelta) -> None:
     assert parse_duration(text) == expected
@@ -49,8 +56,17 @@ def test_intervals_of_every_form() -> None:
     assert parse_interval("2023-08-09/2023-08-10").duration == timedelta(days=2)
 
 
-@pytest.mark.parametrize("text", ["PT1H/2023-08-09T00:00:00Z", "2023-08-09T03:00:00Z/2023-08-09T01:00:00Z",
-                                  "a/b", "2023-08-09/", "/PT1H", "2023-08-09/PT1H/PT1H"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "PT1H/2023-08-09T00:00:00Z",
+        "2023-08-09T03:00:00Z/2023-08-09T01:00:00Z",
+        "a/b",
+        "2023-08-09/",
+        "/PT1H",
+        "2023-08-09/PT1H/PT1H",
+    ],
+)
 def test_bad_intervals(text: str) -> None:
     with pytest.raises(IsoTimeError):
         parse_interval(text)
@@ -60,5 +76,10 @@ def test_formatting_round_trips() -> None:
     value = datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=UTC)
     assert format_instant(value) == "2026-01-02T03:04:05.6Z"
     assert parse_instant(format_instant(value)) == value
-    for delta in (timedelta(0), timedelta(seconds=90), timedelta(days=1, hours=2), timedelta(milliseconds=250)):
+    for delta in (
+        timedelta(0),
+        timedelta(seconds=90),
+        timedelta(days=1, hours=2),
+        timedelta(milliseconds=250),
+    ):
         assert parse_duration(format_duration(delta)) == delta

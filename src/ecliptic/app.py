@@ -63,7 +63,9 @@ def build_services(settings: Settings | None = None) -> Services:
         ),
     )
     worker_box: list[Worker] = []
-    broker = Broker(db, settings, platforms, planner, wake=lambda: worker_box[0].wake() if worker_box else None)
+    broker = Broker(
+        db, settings, platforms, planner, wake=lambda: worker_box[0].wake() if worker_box else None
+    )
     broker.sync_platforms()
     worker = Worker(
         db, handlers(broker), threads=settings.workers, lease=settings.lease, idle_poll=settings.idle_poll

@@ -61,7 +61,9 @@ class Settings(BaseSettings):
         extra="ignore",
     )
 
-    data_dir: Path = Field(default_factory=_default_data_dir, description="Where the store and sessions live.")
+    data_dir: Path = Field(
+        default_factory=_default_data_dir, description="Where the store and sessions live."
+    )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default a SQLite file (WAL) in data_dir."
     )
@@ -72,7 +74,9 @@ class Settings(BaseSettings):
     default_start_range: IsoDuration = Field(
         default=timedelta(hours=24), description="How far ahead to look when the request names no start."
     )
-    slot_step: IsoDuration = Field(default=timedelta(seconds=1), description="Offer starts are aligned to this.")
+    slot_step: IsoDuration = Field(
+        default=timedelta(seconds=1), description="Offer starts are aligned to this."
+    )
     release_margin: IsoDuration = Field(
         default=timedelta(seconds=30), description="Time booked after a session's end for releasing it."
     )
@@ -85,7 +89,15 @@ class Settings(BaseSettings):
     workers: int = Field(default=4, ge=1, le=256, description="Engine handler threads per process.")
     lease: IsoDuration = Field(default=timedelta(seconds=30), description="How long a claim holds.")
     idle_poll: IsoDuration = Field(default=timedelta(milliseconds=200), description="Queue poll when idle.")
-    output_retention: IsoDuration = Field(default=timedelta(days=7), description="Keep session files so long.")
+    output_retention: IsoDuration = Field(
+        default=timedelta(days=7), description="Keep session files so long."
+    )
+
+    file_data_roots: list[Path] = Field(
+        default_factory=list,
+        description="Directories whose files data resources may name with file:// URLs (none by default: a "
+        "client could otherwise copy any file the broker can read into its session and download it).",
+    )
 
     compat_silent_updates: bool = Field(
         default=False,

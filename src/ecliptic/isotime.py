@@ -42,7 +42,9 @@ def parse_instant(text: str) -> datetime:
             return datetime(day.year, day.month, day.day, tzinfo=UTC)
         value = datetime.fromisoformat(text.replace("z", "Z"))
     except ValueError as exc:
-        raise IsoTimeError(f"{text!r} is not an ISO 8601 instant (expected e.g. 2026-01-31T12:00:00Z)") from exc
+        raise IsoTimeError(
+            f"{text!r} is not an ISO 8601 instant (expected e.g. 2026-01-31T12:00:00Z)"
+        ) from exc
     return as_utc(value)
 
 

@@ -33,8 +33,9 @@ def test_request_answers_303_with_location_and_the_offer_set(http: httpx.Client)
     first = body["offers"][0]
     assert first["phase"] == "OFFERED"
     assert first["kind"] == kinds.SESSION
-    assert first["meta"]["options"] == [{"kind": "uri:enum-value-option", "path": "phase",
-                                         "values": ["ACCEPTED", "REJECTED"]}]
+    assert first["meta"]["options"] == [
+        {"kind": "uri:enum-value-option", "path": "phase", "values": ["ACCEPTED", "REJECTED"]}
+    ]
     assert parse_instant(first["expires"]) > datetime.now(UTC) + timedelta(minutes=4)
     start = parse_instant(first["schedule"]["available"]["start"].split("/")[0])
     assert start >= datetime.now(UTC) - timedelta(seconds=5)
@@ -47,8 +48,9 @@ def test_request_answers_303_with_location_and_the_offer_set(http: httpx.Client)
 
 def test_yaml_in_and_out(http: httpx.Client) -> None:
     text = yaml.safe_dump(command_request("true"))
-    response = http.post("requests", content=text, headers={"Content-Type": "application/yaml",
-                                                             "Accept": "application/yaml"})
+    response = http.post(
+        "requests", content=text, headers={"Content-Type": "application/yaml", "Accept": "application/yaml"}
+    )
     assert response.status_code == 303
     assert response.headers["content-type"].startswith("application/yaml")
     body = yaml.safe_load(response.text)
@@ -73,7 +75,9 @@ def test_unsupported_media_types(http: httpx.Client) -> None:
         ("", {"Content-Type": "application/json"}, None, "no body"),
     ],
 )
-def test_unparsable_bodies_are_400(http: httpx.Client, body: str, headers: dict, where: object, words: str) -> None:
+def test_unparsable_bodies_are_400(
+    http: httpx.Client, body: str, headers: dict, where: object, words: str
+) -> None:
     response = http.post("requests", content=body, headers=headers)
     assert response.status_code == 400
     assert words in response.json()["message"]
@@ -88,8 +92,10 @@ def test_unparsable_bodies_are_400(http: httpx.Client, body: str, headers: dict,
         (command_request("true", compute={"cores": {"min": "many"}}), ["compute", "cores", "min"]),
         (command_request("true", compute={"cores": {"min": 4, "max": 2}}), ["compute", "cores", "min"]),
         (command_request("true", duration="PT1X"), ["schedule", "requested", "duration"]),
-        ({**command_request("true"), "schedule": {"requested": {"start": "tomorrow"}}},
-         ["schedule", "requested", "start"]),
+        (
+            {**command_request("true"), "schedule": {"requested": {"start": "tomorrow"}}},
+            ["schedule", "requested", "start"],
+        ),
         (command_request("true", data=[{"location": 42}]), ["data", 0, "location"]),
         (command_request("true", storage="lots"), ["storage"]),
     ],
@@ -106,16 +112,34 @@ def test_malformed_requests_name_the_field(http: httpx.Client, body: dict, loc: 
     ("body", "kind", "words"),
     [
         ({"schedule": {"requested": {"duration": "PT1H"}}}, "urn:executable-required", "no executable"),
-        (command_request("true", compute={"cores": {"min": 1000}}), "urn:resource-limit", "more than platform"),
+        (
+            command_request("true", compute={"cores": {"min": 1000}}),
+            "urn:resource-limit",
+            "more than platform",
+        ),
         (command_request("true", duration="P30D"), "urn:resource-limit", "maximum P1D"),
-        ({"executable": {"kind": kinds.DOCKER, "image": {"locations": ["alpine"]}}}, "urn:not-supported", "docker"),
+        (
+            {"executable": {"kind": kinds.DOCKER, "image": {"locations": ["alpine"]}}},
+            "urn:not-supported",
+            "docker",
+        ),
         ({"executable": {"kind": "urn:made-up"}}, "uri:unknown-type", "urn:made-up"),
-        (command_request("true", data=[{"kind": kinds.DATA_RUCIO, "rucio": {}}]), "urn:not-supported", "rucio"),
+        (
+            command_request("true", data=[{"kind": kinds.DATA_RUCIO, "rucio": {}}]),
+            "urn:not-supported",
+            "rucio",
+        ),
         (command_request("true", data=[{"location": "ftp://example.org/x"}]), "uri:unknown-url", "ftp"),
-        (command_request("true", data=[{"location": "http://127.0.0.1/x", "storage": "nope"}]),
-         "urn:resource-not-found", "nope"),
-        ({**command_request("true"), "schedule": {"requested": {"start": "2020-01-01/PT1H"}}},
-         "urn:start-in-past", "2020-01-01"),
+        (
+            command_request("true", data=[{"location": "http://127.0.0.1/x", "storage": "nope"}]),
+            "urn:resource-not-found",
+            "nope",
+        ),
+        (
+            {**command_request("true"), "schedule": {"requested": {"start": "2020-01-01/PT1H"}}},
+            "urn:start-in-past",
+            "2020-01-01",
+        ),
     ],
 )
 def test_unsatisfiable_requests_are_no_with_rendered_messages(
@@ -133,9 +157,13 @@ def test_unsatisfiable_requests_are_no_with_rendered_messages(
 
 
 def test_older_kind_families_are_accepted(http: httpx.Client) -> None:
-    body = command_request("true", compute={
-        "kind": "https://www.purl.org/ivoa.net/EB/schema/v1.0/types/compute/simple-compute-resource-1.0",
-        "cores": {"min": 2}})
+    body = command_request(
+        "true",
+        compute={
+            "kind": "https://www.purl.org/ivoa.net/EB/schema/v1.0/types/compute/simple-compute-resource-1.0",
+            "cores": {"min": 2},
+        },
+    )
     offerset = offers(http, body).json()
     assert offerset["result"] == "YES"
     assert offerset["offers"][0]["compute"]["kind"] == kinds.COMPUTE
@@ -151,8 +179,9 @@ def test_unknown_fields_are_reported_not_dropped(http: httpx.Client) -> None:
 
 def test_offers_honour_the_requested_window_sizes_and_maximum(http: httpx.Client) -> None:
     start = datetime.now(UTC) + timedelta(hours=2)
-    body = command_request("true", duration="PT30M", compute={"cores": {"min": 2, "max": 4},
-                                                               "memory": {"min": 1, "max": 2}})
+    body = command_request(
+        "true", duration="PT30M", compute={"cores": {"min": 2, "max": 4}, "memory": {"min": 1, "max": 2}}
+    )
     body["schedule"]["requested"]["start"] = f"{format_instant(start)}/PT1H"
     offerset = offers(http, body).json()
     assert offerset["result"] == "YES"
@@ -180,11 +209,20 @@ def test_capacity_is_held_by_offers_and_freed_by_reject(http: httpx.Client) -> N
 
 
 def test_accept_runs_the_session_to_completion(http: httpx.Client) -> None:
-    offerset = offers(http, command_request("sh", "-c", "echo out; echo err >&2; echo data > result.txt")).json()
+    offerset = offers(
+        http, command_request("sh", "-c", "echo out; echo err >&2; echo data > result.txt")
+    ).json()
     chosen, *others = offerset["offers"]
     response = http.post(f"sessions/{chosen['meta']['uuid']}", json=accept())
     assert response.status_code == 200
-    assert response.json()["phase"] in ("ACCEPTED", "WAITING", "PREPARING", "AVAILABLE", "RELEASING", "COMPLETED")
+    assert response.json()["phase"] in (
+        "ACCEPTED",
+        "WAITING",
+        "PREPARING",
+        "AVAILABLE",
+        "RELEASING",
+        "COMPLETED",
+    )
     assert response.json()["meta"]["options"][0]["values"] == ["CANCELLED"]
     for other in others:
         assert http.get(f"sessions/{other['meta']['uuid']}").json()["phase"] == "REJECTED"
@@ -246,7 +284,12 @@ def test_bad_updates_are_400_and_unknown_sessions_404(http: httpx.Client) -> Non
         assert response.json()["details"][0]["loc"][-1] == field
     assert http.get("sessions/not-a-uuid").status_code == 400
     missing = "00000000-0000-4000-8000-000000000000"
-    for path in (f"sessions/{missing}", f"offersets/{missing}", f"sessions/{missing}/logs", f"data/{missing}"):
+    for path in (
+        f"sessions/{missing}",
+        f"offersets/{missing}",
+        f"sessions/{missing}/logs",
+        f"data/{missing}",
+    ):
         response = http.get(path)
         assert response.status_code == 404 and response.json()["message"]
     assert http.post(f"sessions/{missing}", json=accept()).status_code == 404
@@ -300,5 +343,7 @@ def test_direct_execution(http: httpx.Client) -> None:
 
 def test_openapi_is_published(http: httpx.Client) -> None:
     spec = http.get("openapi.json").json()
-    assert {"/requests", "/offersets", "/offersets/{uuid}", "/sessions/{uuid}", "/direct"} <= set(spec["paths"])
+    assert {"/requests", "/offersets", "/offersets/{uuid}", "/sessions/{uuid}", "/direct"} <= set(
+        spec["paths"]
+    )
     assert "ExecutionRequest" in spec["components"]["schemas"]

@@ -39,7 +39,9 @@ def test_offers_expire_and_free_their_capacity(quick_server: LiveServer) -> None
         assert http.post("requests", json=whole).json()["result"] == "YES"
 
 
-def test_accepting_at_the_deadline_is_refused_even_before_the_sweep(tmp_path: Path, database_url: str) -> None:
+def test_accepting_at_the_deadline_is_refused_even_before_the_sweep(
+    tmp_path: Path, database_url: str
+) -> None:
     settings = make_settings(tmp_path / "data", database_url, offer_lifetime=timedelta(seconds=1))
     with LiveServer(settings, run_workers=False) as live, httpx.Client(base_url=live.url, timeout=30) as http:
         uuid = http.post("requests", json=command_request("true")).json()["offers"][0]["meta"]["uuid"]

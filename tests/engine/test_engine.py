@@ -121,8 +121,10 @@ def test_many_workers_run_each_item_exactly_once(database_url: str) -> None:
     with db.write() as s:
         for index in range(300):
             engine.schedule(s, "k", f"item-{index}", utcnow())
-    workers = [Worker(Database(database_url), {"k": handler}, threads=4,
-                      idle_poll=timedelta(milliseconds=20)) for _ in range(3)]
+    workers = [
+        Worker(Database(database_url), {"k": handler}, threads=4, idle_poll=timedelta(milliseconds=20))
+        for _ in range(3)
+    ]
     for worker in workers:
         worker.start()
     deadline = time.monotonic() + 60

@@ -60,8 +60,11 @@ def _broker(request: Request) -> Broker:
 async def _execution_request(request: Request) -> ExecutionRequest:
     data = await read_body(request)
     if not isinstance(data, dict):
-        raise ApiError(400, "The body must be an execution request object (a mapping), not "
-                       f"{type(data).__name__}", loc=["body"])
+        raise ApiError(
+            400,
+            f"The body must be an execution request object (a mapping), not {type(data).__name__}",
+            loc=["body"],
+        )
     try:
         return ExecutionRequest.model_validate(data)
     except ValidationError as exc:
@@ -70,7 +73,8 @@ async def _execution_request(request: Request) -> ExecutionRequest:
 
 def _invalid(exc: RequestInvalid) -> ApiError:
     return ApiError(
-        400, f"The request is malformed: {exc}",
+        400,
+        f"The request is malformed: {exc}",
         details=[detail.model_dump() for detail in exc.details],
     )
 
@@ -83,22 +87,33 @@ def _updates(data: Any) -> list[PhaseUpdate]:
     for index, item in enumerate(items):
         loc: list[str | int] = [index] if isinstance(data, list) else []
         if not isinstance(item, dict):
-            raise ApiError(400, "An update must be an object like "
-                           '{"kind": "uri:enum-value-update", "path": "phase", "value": "ACCEPTED"}', loc=["body", *loc])
+            raise ApiError(
+                400,
+                "An update must be an object like "
+                '{"kind": "uri:enum-value-update", "path": "phase", "value": "ACCEPTED"}',
+                loc=["body", *loc],
+            )
         try:
             update = PhaseUpdate.model_validate(item)
         except ValidationError as exc:
             raise _invalid(RequestInvalid(pydantic_details(exc, ("body", *loc)))) from exc
         if update.kind not in UPDATE_KINDS:
-            raise ApiError(400, f"Unsupported update kind {update.kind!r}: use uri:enum-value-update",
-                           loc=["body", *loc, "kind"])
+            raise ApiError(
+                400,
+                f"Unsupported update kind {update.kind!r}: use uri:enum-value-update",
+                loc=["body", *loc, "kind"],
+            )
         if update.path.strip("/") != "phase":
-            raise ApiError(400, f"Cannot update {update.path!r}: only phase can be changed",
-                           loc=["body", *loc, "path"])
+            raise ApiError(
+                400, f"Cannot update {update.path!r}: only phase can be changed", loc=["body", *loc, "path"]
+            )
         if update.value not in SessionPhase.__members__:
             allowed = ", ".join(p.value for p in SessionPhase)
-            raise ApiError(400, f"{update.value!r} is not a session phase (one of {allowed})",
-                           loc=["body", *loc, "value"])
+            raise ApiError(
+                400,
+                f"{update.value!r} is not a session phase (one of {allowed})",
+                loc=["body", *loc, "value"],
+            )
         updates.append(update)
     return updates
 
@@ -116,15 +131,26 @@ def build_router() -> APIRouter:
 
     for path, op in (("/requests", "ExecutionRequest"), ("/offersets", "OfferSetPost")):
         router.add_api_route(
-            path, create_offers, methods=["POST"], status_code=303, operation_id=op,
-            summary="Ask for offers", tags=["offers"],
-            responses={303: {"model": OfferSetOut, "description": "The offer set (YES or NO), also at Location"},
-                       **ERRORS},
+            path,
+            create_offers,
+            methods=["POST"],
+            status_code=303,
+            operation_id=op,
+            summary="Ask for offers",
+            tags=["offers"],
+            responses={
+                303: {"model": OfferSetOut, "description": "The offer set (YES or NO), also at Location"},
+                **ERRORS,
+            },
             openapi_extra=_body_doc("ExecutionRequest"),
         )
 
-    @router.get("/offersets/{uuid}", operation_id="OfferSetSelect", tags=["offers"],
-                responses={200: {"model": OfferSetOut}, **ERRORS})
+    @router.get(
+        "/offersets/{uuid}",
+        operation_id="OfferSetSelect",
+        tags=["offers"],
+        responses={200: {"model": OfferSetOut}, **ERRORS},
+    )
     async def get_offerset(uuid: str, request: Request) -> Response:
         fmt = negotiated(request)
         offerset = await asyncio.to_thread(_broker(request).offerset, _uuid(uuid, "offer set"))
@@ -141,10 +167,17 @@ def build_router() -> APIRouter:
 
     for path, op in (("/direct", "DirectExecution"), ("/sessions", "DirectExecutionPost")):
         router.add_api_route(
-            path, direct, methods=["POST"], status_code=303, operation_id=op, tags=["sessions"],
+            path,
+            direct,
+            methods=["POST"],
+            status_code=303,
+            operation_id=op,
+            tags=["sessions"],
             summary="Run now: book the first slot and accept it",
-            responses={303: {"model": SessionOut, "description": "The accepted session, also at Location"},
-                       400: {"model": SessionOut, "description": "A FAILED session whose messages say why"}},
+            responses={
+                303: {"model": SessionOut, "description": "The accepted session, also at Location"},
+                400: {"model": SessionOut, "description": "A FAILED session whose messages say why"},
+            },
             openapi_extra=_body_doc("ExecutionRequest"),
         )
 
@@ -172,43 +205,72 @@ def build_router() -> APIRouter:
         updates = _updates(await read_body(request))
         row = None
         for update in updates:
-            row, refused = await asyncio.to_thread(broker.update, session_uuid, update)
+            updated, refused = await asyncio.to_thread(broker.update, session_uuid, update)
+            row = updated
             if refused is not None:
-                current = views.session_out(row, _base(request))
+                current = views.session_out(updated, _base(request))
                 if broker.settings.compat_silent_updates:
                     return render(current, fmt)
-                return render(error_body(409, refused, session=current.model_dump(mode="json", exclude_none=True)),
-                              fmt, 409)
+                return render(
+                    error_body(409, refused, session=current.model_dump(mode="json", exclude_none=True)),
+                    fmt,
+                    409,
+                )
         assert row is not None
         return render(views.session_out(row, _base(request)), fmt)
 
     for prefix in ("/sessions", "/executions"):
-        router.add_api_route(f"{prefix}/{{uuid}}", get_session, methods=["GET"], tags=["sessions"],
-                             operation_id="SessionSelect" if prefix == "/sessions" else "ExecutionSelect",
-                             responses={200: {"model": SessionOut}, **ERRORS})
         router.add_api_route(
-            f"{prefix}/{{uuid}}", update_session, methods=["POST"], tags=["sessions"],
+            f"{prefix}/{{uuid}}",
+            get_session,
+            methods=["GET"],
+            tags=["sessions"],
+            operation_id="SessionSelect" if prefix == "/sessions" else "ExecutionSelect",
+            responses={200: {"model": SessionOut}, **ERRORS},
+        )
+        router.add_api_route(
+            f"{prefix}/{{uuid}}",
+            update_session,
+            methods=["POST"],
+            tags=["sessions"],
             operation_id="SessionUpdate" if prefix == "/sessions" else "ExecutionUpdate",
             summary="Change the phase: ACCEPTED or REJECTED an offer, CANCELLED a live session",
-            responses={200: {"model": SessionOut},
-                       409: {"model": ErrorResponse, "description": "Not allowed now; `session` is the session as "
-                             "it is"}, **ERRORS},
+            responses={
+                200: {"model": SessionOut},
+                409: {
+                    "model": ErrorResponse,
+                    "description": "Not allowed now; `session` is the session as it is",
+                },
+                **ERRORS,
+            },
             openapi_extra=_body_doc("PhaseUpdate"),
         )
 
     for role_path in ("executables", "compute", "storage", "data"):
+
         async def get_component(uuid: str, request: Request) -> Response:
             fmt = negotiated(request)
             row, component = await asyncio.to_thread(_broker(request).component, _uuid(uuid, "component"))
             return render(views.component_out(row, component, _base(request)), fmt)
 
-        router.add_api_route(f"/{role_path}/{{uuid}}", get_component, methods=["GET"], tags=["components"],
-                             operation_id=f"{role_path.title()}Select", responses=ERRORS)
+        router.add_api_route(
+            f"/{role_path}/{{uuid}}",
+            get_component,
+            methods=["GET"],
+            tags=["components"],
+            operation_id=f"{role_path.title()}Select",
+            responses=ERRORS,
+        )
 
-    @router.get("/sessions/{uuid}/logs", tags=["outputs"], response_class=PlainTextResponse,
-                summary="The executable's standard output or error")
+    @router.get(
+        "/sessions/{uuid}/logs",
+        tags=["outputs"],
+        response_class=PlainTextResponse,
+        summary="The executable's standard output or error",
+    )
     async def session_logs(
-        uuid: str, request: Request,
+        uuid: str,
+        request: Request,
         stream: str = Query(default="stdout", pattern="^(stdout|stderr)$"),
         tail: int | None = Query(default=None, ge=1, le=1_000_000, description="Only the last N lines"),
     ) -> Response:

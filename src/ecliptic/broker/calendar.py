@@ -22,7 +22,9 @@ class Resources:
 
     def fits_in(self, other: Resources) -> bool:
         return (
-            self.cores <= other.cores and self.memory_gib <= other.memory_gib and self.storage_gib <= other.storage_gib
+            self.cores <= other.cores
+            and self.memory_gib <= other.memory_gib
+            and self.storage_gib <= other.storage_gib
         )
 
 
@@ -65,7 +67,9 @@ class CapacityCalendar:
             memory += delta[1]
             storage += delta[2]
             self.used.append((cores, memory, storage))
-        self.releases: list[int] = [t for t in self.times if deltas[t][0] < 0 or deltas[t][1] < 0 or deltas[t][2] < 0]
+        self.releases: list[int] = [
+            t for t in self.times if deltas[t][0] < 0 or deltas[t][1] < 0 or deltas[t][2] < 0
+        ]
 
     def peak(self, start: int, end: int) -> Resources:
         """The most that is used at any moment in ``[start, end)``."""
@@ -101,7 +105,7 @@ class CapacityCalendar:
         if first <= latest:
             seen.add(first)
             yield first
-        for release in self.releases[bisect_right(self.releases, earliest):]:
+        for release in self.releases[bisect_right(self.releases, earliest) :]:
             candidate = align(release)
             if candidate > latest:
                 break

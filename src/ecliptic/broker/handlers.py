@@ -112,7 +112,9 @@ class SessionAdvancer:
                 action = lambda: self._stop(session_uuid, handle, launched, reason)  # noqa: E731
             elif phase in (SessionPhase.ACCEPTED, SessionPhase.WAITING):
                 if now < row.prepare_start:
-                    lifecycle.set_phase(session, row, SessionPhase.WAITING, now, "waiting for the booked start")
+                    lifecycle.set_phase(
+                        session, row, SessionPhase.WAITING, now, "waiting for the booked start"
+                    )
                     for component in row.components:
                         lifecycle.set_component_phase(session, row, component, ComponentPhase.WAITING, now)
                     return Again(row.prepare_start)
@@ -130,7 +132,14 @@ class SessionAdvancer:
                 polls = int(compute.state.get("polls", 0))
                 action = lambda: self._poll(session_uuid, handle, polls)  # noqa: E731
             elif phase == SessionPhase.RELEASING:
-                self._finish(session, row, now, SessionPhase.COMPLETED, "the executable finished", ComponentPhase.COMPLETED)
+                self._finish(
+                    session,
+                    row,
+                    now,
+                    SessionPhase.COMPLETED,
+                    "the executable finished",
+                    ComponentPhase.COMPLETED,
+                )
                 return None
             else:
                 return Done()
@@ -147,8 +156,12 @@ class SessionAdvancer:
                 if component.phase == ComponentPhase.AVAILABLE:
                     continue
                 if component.phase in COMPONENT_TERMINAL:
-                    return self._fail(session, row, now, f"{role} {component.name or component.uuid} "
-                                      f"ended {component.phase}")
+                    return self._fail(
+                        session,
+                        row,
+                        now,
+                        f"{role} {component.name or component.uuid} ended {component.phase}",
+                    )
                 if role == "storage":
                     (workdir / "storage" / component.uuid).mkdir(parents=True, exist_ok=True)
                     lifecycle.set_component_phase(session, row, component, ComponentPhase.AVAILABLE, now)
@@ -156,25 +169,29 @@ class SessionAdvancer:
                 if role == "executable":
                     problem = self._check_executable(component, workdir)
                     if problem:
-                        lifecycle.set_component_phase(session, row, component, ComponentPhase.FAILED, now, problem)
+                        lifecycle.set_component_phase(
+                            session, row, component, ComponentPhase.FAILED, now, problem
+                        )
                         return self._fail(session, row, now, problem)
                     lifecycle.set_component_phase(session, row, component, ComponentPhase.AVAILABLE, now)
                     continue
                 lifecycle.set_component_phase(session, row, component, ComponentPhase.PREPARING, now)
                 if role == "data":
                     spec = dict(component.spec)
-                    dest = workdir / "storage" / str(spec["storage"]) / filename_for(
-                        str(spec["location"]), component.name or component.uuid
+                    dest = (
+                        workdir
+                        / "storage"
+                        / str(spec["storage"])
+                        / filename_for(str(spec["location"]), component.name or component.uuid)
                     )
                     uid, cid = row.uuid, component.uuid
                     return lambda: self._stage(uid, cid, spec, dest)
-                # compute: starts at its booked time, once everything it depends on is in place
-                if now < row.available_start:
-                    return Again(row.available_start)
+                # Compute starts as soon as its inputs are in place: the session's hold began at prepare start, so
+                # starting before the offered start uses only capacity it already holds, and ends by the same deadline.
                 component.state = {**component.state, "launching": now.isoformat()}
-                spec = self._launch_spec(row, workdir)
+                launch = self._launch_spec(row, workdir)
                 uid = row.uuid
-                return lambda: self._launch(uid, spec)
+                return lambda: self._launch(uid, launch)
         return Again(now)
 
     def _check_executable(self, component: ComponentRow, workdir: Path) -> str | None:
@@ -201,7 +218,9 @@ class SessionAdvancer:
             target = by_uuid.get(str(mount["resource"]))
             if target is None:
                 continue
-            source = Path(target.state["path"]) if target.role == "data" else workdir / "storage" / target.uuid
+            source = (
+                Path(target.state["path"]) if target.role == "data" else workdir / "storage" / target.uuid
+            )
             link = workdir / str(mount["path"]).strip("/")
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.is_symlink():
@@ -220,7 +239,8 @@ class SessionAdvancer:
         checksum = spec.get("checksum")
         try:
             staged = stage(
-                str(spec["location"]), dest,
+                str(spec["location"]),
+                dest,
                 checksum=(str(checksum["type"]), str(checksum["value"])) if checksum else None,
             )
         except StagingError as exc:
@@ -241,11 +261,16 @@ class SessionAdvancer:
             component = session.get(ComponentRow, component_uuid)
             if row is None or component is None:
                 return Done()
-            component.state = {**component.state, "path": str(staged.path), "size": staged.size,
-                               "sha256": staged.sha256}
+            component.state = {
+                **component.state,
+                "path": str(staged.path),
+                "size": staged.size,
+                "sha256": staged.sha256,
+            }
             if row.phase == SessionPhase.PREPARING:
-                lifecycle.set_component_phase(session, row, component, ComponentPhase.AVAILABLE, now,
-                                              f"staged {staged.size} bytes")
+                lifecycle.set_component_phase(
+                    session, row, component, ComponentPhase.AVAILABLE, now, f"staged {staged.size} bytes"
+                )
         return None
 
     def _count_attempt(self, component_uuid: str) -> int:
@@ -298,24 +323,36 @@ class SessionAdvancer:
                 return Again(now + poll_delay(polls + 1))
             row.exit_code = status.exit_code
             if status.state == RunState.SUCCEEDED:
-                lifecycle.set_component_phase(session, row, compute, ComponentPhase.RELEASING, now, "exited with 0")
-                lifecycle.set_phase(session, row, SessionPhase.RELEASING, now, "the executable exited with code 0")
-                row.messages = [*row.messages, messages.info(
-                    "urn:ecliptic:exit-code", "The executable exited with code {code}", code=0
-                ).model_dump(mode="json")]
+                lifecycle.set_component_phase(
+                    session, row, compute, ComponentPhase.RELEASING, now, "exited with 0"
+                )
+                lifecycle.set_phase(
+                    session, row, SessionPhase.RELEASING, now, "the executable exited with code 0"
+                )
+                row.messages = [
+                    *row.messages,
+                    messages.info(
+                        "urn:ecliptic:exit-code", "The executable exited with code {code}", code=0
+                    ).model_dump(mode="json"),
+                ]
                 return None
             reason = status.detail or f"the executable ended: {status.state}"
             lifecycle.set_component_phase(session, row, compute, ComponentPhase.FAILED, now, reason)
             return self._fail(session, row, now, reason, exit_code=status.exit_code)
 
     # -- ending ----------------------------------------------------------------------------------------------
-    def _fail(self, session: Any, row: SessionRow, now: datetime, reason: str, exit_code: int | None = None) -> Step:
+    def _fail(
+        self, session: Any, row: SessionRow, now: datetime, reason: str, exit_code: int | None = None
+    ) -> Step:
         values: dict[str, Any] = {"reason": reason}
         if exit_code is not None:
             values["code"] = exit_code
-        row.messages = [*row.messages, messages.error(
-            "urn:ecliptic:session-failed", "The session failed: {reason}", **values
-        ).model_dump(mode="json")]
+        row.messages = [
+            *row.messages,
+            messages.error(
+                "urn:ecliptic:session-failed", "The session failed: {reason}", **values
+            ).model_dump(mode="json"),
+        ]
         lifecycle.set_phase(session, row, SessionPhase.FAILED, now, reason)
         return None  # the next step stops whatever runs and frees the capacity
 
@@ -338,7 +375,13 @@ class SessionAdvancer:
         return Done()
 
     def _finish(
-        self, session: Any, row: SessionRow, now: datetime, phase: SessionPhase, reason: str, ending: ComponentPhase
+        self,
+        session: Any,
+        row: SessionRow,
+        now: datetime,
+        phase: SessionPhase,
+        reason: str,
+        ending: ComponentPhase,
     ) -> None:
         for component in row.components:
             if component.phase not in COMPONENT_TERMINAL:
@@ -357,5 +400,3 @@ def handlers(broker: Broker) -> dict[str, engine.Handler]:
         lifecycle.ADVANCE: SessionAdvancer(broker),
         lifecycle.PURGE: SessionPurger(broker),
     }
-
-

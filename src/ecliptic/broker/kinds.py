@@ -39,7 +39,9 @@ _FAMILY = re.compile(
     r"(?:Calycopis-openapi/schema/v1\.0/kinds|EB/schema/v1\.0/types|EB/schema/types)/"
     r"(?P<category>[A-Za-z]+)/(?P<name>[A-Za-z0-9-]+?)(?:-1\.0)?(?:\.yaml)?$"
 )
-_WD_PROSE = re.compile(r"^https?://(?:www\.)?purl\.org/ivoa\.net/(?P<category>[a-z]+)-types/(?P<name>[a-z0-9-]+)$")
+_WD_PROSE = re.compile(
+    r"^https?://(?:www\.)?purl\.org/ivoa\.net/(?P<category>[a-z]+)-types/(?P<name>[a-z0-9-]+)$"
+)
 _CATEGORY_ALIASES = {"computer": "compute", "executables": "executable", "resource": "compute"}
 _NAME_ALIASES = {"generic-compute": "simple-compute-resource", "s3-data-resource": "S3-data-resource"}
 

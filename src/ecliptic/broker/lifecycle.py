@@ -28,26 +28,49 @@ class TransitionRefused(Exception):
 
 
 def record(
-    session: Session, session_uuid: str, component: str | None, phase: str, now: datetime, reason: str | None,
+    session: Session,
+    session_uuid: str,
+    component: str | None,
+    phase: str,
+    now: datetime,
+    reason: str | None,
     from_phase: str | None = None,
 ) -> None:
-    session.add(TransitionRow(session_uuid=session_uuid, component=component, at=now, from_phase=from_phase,
-                              to_phase=phase, reason=reason))
+    session.add(
+        TransitionRow(
+            session_uuid=session_uuid,
+            component=component,
+            at=now,
+            from_phase=from_phase,
+            to_phase=phase,
+            reason=reason,
+        )
+    )
 
 
-def set_phase(session: Session, row: SessionRow, phase: SessionPhase, now: datetime, reason: str | None = None) -> None:
+def set_phase(
+    session: Session, row: SessionRow, phase: SessionPhase, now: datetime, reason: str | None = None
+) -> None:
     if row.phase == phase:
         return
     record(session, row.uuid, None, phase, now, reason, row.phase)
     row.phase = phase
     row.modified = now
-    if reason and phase in (SessionPhase.FAILED, SessionPhase.CANCELLED, SessionPhase.EXPIRED,
-                            SessionPhase.REJECTED):
+    if reason and phase in (
+        SessionPhase.FAILED,
+        SessionPhase.CANCELLED,
+        SessionPhase.EXPIRED,
+        SessionPhase.REJECTED,
+    ):
         row.reason = reason
 
 
 def set_component_phase(
-    session: Session, row: SessionRow, component: ComponentRow, phase: ComponentPhase, now: datetime,
+    session: Session,
+    row: SessionRow,
+    component: ComponentRow,
+    phase: ComponentPhase,
+    now: datetime,
     reason: str | None = None,
 ) -> None:
     if component.phase == phase:
@@ -57,7 +80,9 @@ def set_component_phase(
     row.modified = now
 
 
-def end_components(session: Session, row: SessionRow, phase: ComponentPhase, now: datetime, reason: str) -> None:
+def end_components(
+    session: Session, row: SessionRow, phase: ComponentPhase, now: datetime, reason: str
+) -> None:
     for component in row.components:
         if component.phase not in COMPONENT_TERMINAL:
             set_component_phase(session, row, component, phase, now, reason)
@@ -102,12 +127,18 @@ def stop(session: Session, row: SessionRow, phase: SessionPhase, now: datetime, 
     engine.schedule(session, ADVANCE, row.uuid, now)
 
 
-def client_update(session: Session, row: SessionRow, target: SessionPhase, now: datetime, reason: str | None) -> None:
+def client_update(
+    session: Session, row: SessionRow, target: SessionPhase, now: datetime, reason: str | None
+) -> None:
     """Apply a phase change a client asked for, or raise :class:`TransitionRefused` saying why not."""
     current = SessionPhase(row.phase)
     if target == SessionPhase.FAILED and current not in (
-        SessionPhase.OFFERED, SessionPhase.REJECTED, SessionPhase.EXPIRED, SessionPhase.COMPLETED,
-        SessionPhase.FAILED, SessionPhase.CANCELLED,
+        SessionPhase.OFFERED,
+        SessionPhase.REJECTED,
+        SessionPhase.EXPIRED,
+        SessionPhase.COMPLETED,
+        SessionPhase.FAILED,
+        SessionPhase.CANCELLED,
     ):
         stop(session, row, SessionPhase.FAILED, now, reason or "marked FAILED by the client")
         return

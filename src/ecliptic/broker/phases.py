@@ -34,7 +34,13 @@ class ComponentPhase(enum.StrEnum):
 
 
 TERMINAL = frozenset(
-    {SessionPhase.REJECTED, SessionPhase.EXPIRED, SessionPhase.COMPLETED, SessionPhase.FAILED, SessionPhase.CANCELLED}
+    {
+        SessionPhase.REJECTED,
+        SessionPhase.EXPIRED,
+        SessionPhase.COMPLETED,
+        SessionPhase.FAILED,
+        SessionPhase.CANCELLED,
+    }
 )
 ACTIVE = frozenset(
     {

@@ -67,7 +67,6 @@ def _epoch(value: datetime) -> int:
     return int(value.timestamp())
 
 
-
 def _align(value: int, step: int) -> int:
     return -(-value // step) * step
 
@@ -93,7 +92,9 @@ class Planner:
 
         Also reads how long the longest booking on each platform is, which bounds the calendar reads.
         """
-        query = select(PlatformRow.name, PlatformRow.longest_hold_s).where(PlatformRow.name.in_(sorted(names)))
+        query = select(PlatformRow.name, PlatformRow.longest_hold_s).where(
+            PlatformRow.name.in_(sorted(names))
+        )
         if session.get_bind().dialect.name == "postgresql":
             query = query.order_by(PlatformRow.name).with_for_update()
         return {name: int(longest or 0) for name, longest in session.execute(query).all()}
@@ -135,21 +136,30 @@ class Planner:
         return found[:limit], longest
 
     def _offers_on(
-        self, session: Session, name: str, platform: Platform, plan: Plan, now: datetime, limit: int,
+        self,
+        session: Session,
+        name: str,
+        platform: Platform,
+        plan: Plan,
+        now: datetime,
+        limit: int,
         lookback: int,
     ) -> list[Offer] | Message:
         info = platform.info
         capacity = info.capacity
         if plan.executable.kind not in info.executable_kinds:
             return messages.error(
-                "urn:not-supported", "Platform {platform} cannot run executables of kind {kind}",
-                platform=name, kind=plan.executable.kind,
+                "urn:not-supported",
+                "Platform {platform} cannot run executables of kind {kind}",
+                platform=name,
+                kind=plan.executable.kind,
             )
         if plan.duration > capacity.max_duration:
             return messages.error(
                 "urn:resource-limit",
                 "The requested duration {requested} is longer than the maximum {maximum} on platform {platform}",
-                requested=format_duration(plan.duration), maximum=format_duration(capacity.max_duration),
+                requested=format_duration(plan.duration),
+                maximum=format_duration(capacity.max_duration),
                 platform=name,
             )
         for label, wanted, limit_value in (
@@ -161,7 +171,10 @@ class Planner:
                 return messages.error(
                     "urn:resource-limit",
                     "{field} asks for {requested}, more than platform {platform} has in all ({limit})",
-                    field=label, requested=wanted, platform=name, limit=limit_value,
+                    field=label,
+                    requested=wanted,
+                    platform=name,
+                    limit=limit_value,
                 )
 
         step = max(1, int(self.settings.slot_step.total_seconds()))
@@ -184,7 +197,8 @@ class Planner:
                 "urn:start-too-soon",
                 "Platform {platform} needs {prepare} to prepare, so the earliest start is {earliest}; "
                 "every requested start interval closes before then",
-                platform=name, prepare=format_duration(timedelta(seconds=prep)),
+                platform=name,
+                prepare=format_duration(timedelta(seconds=prep)),
                 earliest=format_instant(datetime.fromtimestamp(first_start, tz=now.tzinfo)),
             )
         ranges.sort()
@@ -221,7 +235,10 @@ class Planner:
                 "urn:no-capacity",
                 "Platform {platform} has no room for {cores} cores, {memory} GiB memory and {storage} GiB storage "
                 "for {duration} in the requested start range",
-                platform=name, cores=need.cores, memory=need.memory_gib, storage=need.storage_gib,
+                platform=name,
+                cores=need.cores,
+                memory=need.memory_gib,
+                storage=need.storage_gib,
                 duration=format_duration(plan.duration),
             )
         chosen.append(offer(first))
@@ -243,7 +260,14 @@ class Planner:
         return chosen
 
     def _calendar(
-        self, session: Session, platform: str, capacity: Resources, start: int, end: int, now: int, lookback: int
+        self,
+        session: Session,
+        platform: str,
+        capacity: Resources,
+        start: int,
+        end: int,
+        now: int,
+        lookback: int,
     ) -> CapacityCalendar:
         rows = session.execute(
             _CALENDAR_READ,

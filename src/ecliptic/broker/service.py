@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -84,7 +83,7 @@ class Broker:
         offer set comes back as built, so answering it needs no second query.
         """
         now = utcnow()
-        checked = validate(request, now=now, default_duration=self.settings.default_duration)
+        checked = self._validate(request, now)
         offerset = OfferSetRow(
             uuid=str(uuid.uuid4()),
             name=(request.meta.name if request.meta else None) or request.name,
@@ -126,7 +125,7 @@ class Broker:
     def direct(self, request: ExecutionRequest, owner: str | None = None) -> DirectResult:
         """Direct execution: book the first offer and accept it at once, or a FAILED session saying why not."""
         now = utcnow()
-        checked = validate(request, now=now, default_duration=self.settings.default_duration)
+        checked = self._validate(request, now)
         accepted: str | None = None
         with self.db.write() as session:
             reasons: list[Message] = []
@@ -151,8 +150,21 @@ class Broker:
             return DirectResult(self.session(accepted), True)
         return DirectResult(self.session(failed.uuid), False)
 
+    def _validate(self, request: ExecutionRequest, now: datetime) -> Plan | Rejection:
+        return validate(
+            request,
+            now=now,
+            default_duration=self.settings.default_duration,
+            file_roots=self.settings.file_data_roots,
+        )
+
     def _session_for(
-        self, plan: Plan, offer: Offer, now: datetime, owner: str | None, phase: SessionPhase,
+        self,
+        plan: Plan,
+        offer: Offer,
+        now: datetime,
+        owner: str | None,
+        phase: SessionPhase,
         expires: datetime | None,
     ) -> SessionRow:
         """A new session (not yet stored) booked as ``offer`` says, with its components."""
@@ -283,7 +295,9 @@ class Broker:
         """Reads never show an offer as OFFERED after it expired, even before the engine gets to it."""
         now = utcnow()
         with self.db.read() as session:
-            query = select(SessionRow.uuid).where(SessionRow.phase == SessionPhase.OFFERED, SessionRow.expires <= now)
+            query = select(SessionRow.uuid).where(
+                SessionRow.phase == SessionPhase.OFFERED, SessionRow.expires <= now
+            )
             if offerset_uuid is not None:
                 query = query.where(SessionRow.offerset_uuid == offerset_uuid)
             if session_uuid is not None:
@@ -298,7 +312,9 @@ class Broker:
                     lifecycle.expire_if_due(session, row, now)
 
     # -- updates ---------------------------------------------------------------------------------------------
-    def update(self, session_uuid: str, update: PhaseUpdate, owner: str | None = None) -> tuple[SessionRow, str | None]:
+    def update(
+        self, session_uuid: str, update: PhaseUpdate, owner: str | None = None
+    ) -> tuple[SessionRow, str | None]:
         """Apply a client's phase update. Returns the session as it is now and, if refused, why."""
         target = SessionPhase(update.value)
         now = utcnow()
@@ -333,9 +349,13 @@ class Broker:
             return list(session.scalars(select(BookingRow)).all())
 
 
-@cache
+_INSERTS: dict[type[Any], tuple[Any, tuple[str, ...]]] = {}
+
+
 def _insert_for(entity: type[Any]) -> tuple[Any, tuple[str, ...]]:
-    return insert(entity.__table__), tuple(attr.key for attr in sa_inspect(entity).column_attrs)
+    if entity not in _INSERTS:
+        _INSERTS[entity] = insert(entity.__table__), tuple(a.key for a in sa_inspect(entity).column_attrs)
+    return _INSERTS[entity]
 
 
 def _insert(session: Session, entity: type[Any], objects: Sequence[Any]) -> None:

@@ -10,10 +10,12 @@ Two kinds of "no":
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ValidationError
 
@@ -50,6 +52,7 @@ class RequestInvalid(Exception):
 class Defaults:
     duration: timedelta
     now: datetime
+    file_roots: tuple[Path, ...] = ()
 
 
 def pydantic_details(exc: ValidationError, prefix: Loc = ()) -> list[ErrorDetail]:
@@ -96,8 +99,10 @@ class _Validator:
             assert ref is not None
             if ref in self.by_name:
                 self.refuse(
-                    "urn:duplicate-resource", "Two resources are named {name} (second at {path})",
-                    name=ref, path=".".join(map(str, loc)),
+                    "urn:duplicate-resource",
+                    "Two resources are named {name} (second at {path})",
+                    name=ref,
+                    path=".".join(map(str, loc)),
                 )
             self.by_name[ref] = component
 
@@ -109,15 +114,24 @@ class _Validator:
     def executable(self) -> ComponentPlan | None:
         raw = self.request.executable
         if raw is None:
-            self.refuse("urn:executable-required", "The request has no executable: add one at {path}", path="executable")
+            self.refuse(
+                "urn:executable-required",
+                "The request has no executable: add one at {path}",
+                path="executable",
+            )
             return None
         kind = kinds.normalise(str(raw.get("kind", "")))
         if not kind:
-            self.bad(("executable", "kind"), "Field required: the executable kind, e.g. " + kinds.COMMAND, "missing")
+            self.bad(
+                ("executable", "kind"),
+                "Field required: the executable kind, e.g. " + kinds.COMMAND,
+                "missing",
+            )
             return None
         if kind in UNSUPPORTED_EXECUTABLES:
             self.refuse(
-                "urn:not-supported", "No platform of this broker runs executables of kind {kind} (at executable)",
+                "urn:not-supported",
+                "No platform of this broker runs executables of kind {kind} (at executable)",
                 kind=kind,
             )
             return None
@@ -172,8 +186,12 @@ class _Validator:
             raw = {"kind": kinds.STORAGE, **raw}
             kind = kinds.normalise(str(raw["kind"]))
             if kind != kinds.STORAGE:
-                self.refuse("uri:unknown-type", "Unknown storage kind {kind} (at storage[{index}].kind)",
-                            kind=kind, index=index)
+                self.refuse(
+                    "uri:unknown-type",
+                    "Unknown storage kind {kind} (at storage[{index}].kind)",
+                    kind=kind,
+                    index=index,
+                )
                 continue
             parsed = self.parse(StorageIn, raw, ("storage", index))
             if parsed is None:
@@ -194,12 +212,17 @@ class _Validator:
                     "urn:not-supported",
                     "Data resources of kind {kind} (at data[{index}]) are not supported by any platform here; "
                     "use a simple data resource with an http(s) or file URL",
-                    kind=kind, index=index,
+                    kind=kind,
+                    index=index,
                 )
                 continue
             if kind != kinds.DATA_SIMPLE:
-                self.refuse("uri:unknown-type", "Unknown data kind {kind} (at data[{index}].kind)",
-                            kind=kind, index=index)
+                self.refuse(
+                    "uri:unknown-type",
+                    "Unknown data kind {kind} (at data[{index}].kind)",
+                    kind=kind,
+                    index=index,
+                )
                 continue
             parsed = self.parse(SimpleDataIn, raw, ("data", index))
             if parsed is None:
@@ -210,16 +233,36 @@ class _Validator:
                     "uri:unknown-url",
                     "Cannot fetch data[{index}].location {location}: the scheme {scheme} is not one of "
                     "http, https, file",
-                    index=index, location=parsed.location, scheme=scheme or "(none)",
+                    index=index,
+                    location=parsed.location,
+                    scheme=scheme or "(none)",
+                )
+                continue
+            if scheme == "file" and not self.file_allowed(parsed.location):
+                roots = ", ".join(str(root) for root in self.defaults.file_roots) or "none"
+                self.refuse(
+                    "urn:not-allowed",
+                    "data[{index}].location {location} is not under a directory this broker serves files from "
+                    "({roots}); the operator can add one with ECLIPTIC_FILE_DATA_ROOTS",
+                    index=index,
+                    location=parsed.location,
+                    roots=roots,
                 )
                 continue
             spec: dict[str, Any] = {"location": parsed.location}
             if parsed.checksum is not None:
-                spec["checksum"] = {"type": parsed.checksum.type.lower(), "value": parsed.checksum.value.lower()}
+                spec["checksum"] = {
+                    "type": parsed.checksum.type.lower(),
+                    "value": parsed.checksum.value.lower(),
+                }
             plan = self.component("data", parsed, spec)
             self.register(plan, ("data", index))
             result.append((plan, parsed.storage))
         return result
+
+    def file_allowed(self, location: str) -> bool:
+        path = Path(unquote(urlsplit(location).path)).resolve()
+        return any(path == root or root in path.parents for root in self.defaults.file_roots)
 
     def schedule(self) -> tuple[list[Interval], timedelta]:
         requested = self.request.schedule.requested if self.request.schedule else None
@@ -239,7 +282,9 @@ class _Validator:
         if isinstance(raw_starts, str):
             raw_starts = [raw_starts]
         for index, text in enumerate(raw_starts or []):
-            loc: Loc = ("schedule", "requested", "start") + ((index,) if isinstance(requested.start, list) else ())
+            loc: Loc = ("schedule", "requested", "start") + (
+                (index,) if isinstance(requested.start, list) else ()
+            )
             try:
                 interval = parse_interval(text)
             except IsoTimeError as exc:
@@ -249,7 +294,9 @@ class _Validator:
                 self.refuse(
                     "urn:start-in-past",
                     "The requested start {interval} (at {path}) is over: it ended at {end}, and it is now {now}",
-                    interval=text, path=".".join(map(str, loc)), end=format_instant(interval.end),
+                    interval=text,
+                    path=".".join(map(str, loc)),
+                    end=format_instant(interval.end),
                     now=format_instant(self.defaults.now),
                 )
                 continue
@@ -275,7 +322,10 @@ class _Validator:
         for plan, ref in data:
             if ref is None:
                 default = ComponentPlan(
-                    str(uuid.uuid4()), "storage", kinds.STORAGE, f"{plan.name or 'data'}-storage",
+                    str(uuid.uuid4()),
+                    "storage",
+                    kinds.STORAGE,
+                    f"{plan.name or 'data'}-storage",
                     {"kind": kinds.STORAGE, "size": {"min": 1, "max": 1}, "data": [plan.uuid]},
                 )
                 storage_plans.append(default)
@@ -288,7 +338,8 @@ class _Validator:
                         "urn:resource-not-found",
                         "data {data} names storage {ref}, but the request has no storage resource of that "
                         "name or UUID",
-                        data=plan.name or plan.uuid, ref=ref,
+                        data=plan.name or plan.uuid,
+                        ref=ref,
                     )
                     continue
                 plan.spec["storage"] = target.uuid
@@ -307,12 +358,15 @@ class _Validator:
                         "urn:resource-not-found",
                         "compute.volumes[{index}] mounts {ref}, but no data or storage resource has that name "
                         "or UUID",
-                        index=index, ref=volume.resource,
+                        index=index,
+                        ref=volume.resource,
                     )
                     continue
                 if ".." in volume.path.split("/") or not volume.path.strip("/"):
-                    self.bad(("compute", "volumes", index, "path"),
-                             f"{volume.path!r} is not a usable mount path (no '..', not the root)")
+                    self.bad(
+                        ("compute", "volumes", index, "path"),
+                        f"{volume.path!r} is not a usable mount path (no '..', not the root)",
+                    )
                     continue
                 mounts.append({"path": volume.path, "mode": volume.mode, "resource": target.uuid})
             compute.spec["volumes"] = mounts
@@ -336,8 +390,13 @@ class _Validator:
         )
 
 
-def validate(request: ExecutionRequest, *, now: datetime, default_duration: timedelta) -> Plan | Rejection:
+def validate(
+    request: ExecutionRequest,
+    *,
+    now: datetime,
+    default_duration: timedelta,
+    file_roots: Sequence[Path] = (),
+) -> Plan | Rejection:
     """Raises :class:`RequestInvalid` for a malformed request; returns a Plan or a Rejection otherwise."""
-    return _Validator(request, Defaults(duration=default_duration, now=now)).run()
-
-
+    roots = tuple(Path(root).resolve() for root in file_roots)
+    return _Validator(request, Defaults(duration=default_duration, now=now, file_roots=roots)).run()

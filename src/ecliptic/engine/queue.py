@@ -38,8 +38,10 @@ def schedule(
     stmt = insert(WorkItem).values(
         kind=kind, subject=subject, due_at=at, generation=0, attempts=0, payload=payload or {}
     )
-    new_due = func.min(WorkItem.due_at, stmt.excluded.due_at) if dialect == "sqlite" else func.least(
-        WorkItem.due_at, stmt.excluded.due_at
+    new_due = (
+        func.min(WorkItem.due_at, stmt.excluded.due_at)
+        if dialect == "sqlite"
+        else func.least(WorkItem.due_at, stmt.excluded.due_at)
     )
     values: dict[str, Any] = {
         "due_at": new_due if earliest else stmt.excluded.due_at,
@@ -85,8 +87,15 @@ def claim(db: Database, owner: str, limit: int, lease: timedelta, kinds: set[str
             item.lease_until = now + lease
             item.attempts += 1
             jobs.append(
-                Job(item.id, item.kind, item.subject, item.due_at, item.generation, item.attempts,
-                    dict(item.payload or {}))
+                Job(
+                    item.id,
+                    item.kind,
+                    item.subject,
+                    item.due_at,
+                    item.generation,
+                    item.attempts,
+                    dict(item.payload or {}),
+                )
             )
         return jobs
 

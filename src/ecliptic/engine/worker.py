@@ -117,7 +117,9 @@ class Worker:
                 outcome = exc
             finish(self.db, self.owner, job, outcome)
         except Exception:
-            log.exception("recording the outcome of %s(%s) failed; its lease will lapse", job.kind, job.subject)
+            log.exception(
+                "recording the outcome of %s(%s) failed; its lease will lapse", job.kind, job.subject
+            )
         finally:
             with self._lock:
                 self._inflight.pop(job.id, None)

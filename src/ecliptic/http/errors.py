@@ -31,7 +31,9 @@ class ApiError(Exception):
         self.extra = extra or {}
 
 
-def error_body(status: int, message: str, details: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
+def error_body(
+    status: int, message: str, details: list[dict[str, Any]] | None = None, **extra: Any
+) -> dict[str, Any]:
     return {
         "status": status,
         "error": HTTPStatus(status).phrase,
@@ -41,7 +43,9 @@ def error_body(status: int, message: str, details: list[dict[str, Any]] | None =
     }
 
 
-def respond_error(request: Request, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+def respond_error(
+    request: Request, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
     from ecliptic.http.negotiation import choose_format, render
 
     try:
@@ -54,12 +58,18 @@ def respond_error(request: Request, status: int, body: dict[str, Any], headers: 
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
-        return respond_error(request, exc.status, error_body(exc.status, exc.message, exc.details, **exc.extra))
+        return respond_error(
+            request, exc.status, error_body(exc.status, exc.message, exc.details, **exc.extra)
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
         details = [
-            {"loc": [str(p) for p in err.get("loc", [])], "msg": err.get("msg", ""), "type": err.get("type", "")}
+            {
+                "loc": [str(p) for p in err.get("loc", [])],
+                "msg": err.get("msg", ""),
+                "type": err.get("type", ""),
+            }
             for err in exc.errors()
         ]
         summary = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details)
@@ -72,9 +82,13 @@ def install(app: FastAPI) -> None:
             message = f"There is nothing at {request.url.path}"
         if exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
-        return respond_error(request, exc.status_code, error_body(exc.status_code, message), dict(exc.headers or {}))
+        return respond_error(
+            request, exc.status_code, error_body(exc.status_code, message), dict(exc.headers or {})
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return respond_error(request, 500, error_body(500, f"Internal error ({type(exc).__name__}); it has been logged"))
+        return respond_error(
+            request, 500, error_body(500, f"Internal error ({type(exc).__name__}); it has been logged")
+        )

@@ -19,7 +19,14 @@ from ecliptic.http.errors import ApiError
 Format = Literal["json", "yaml"]
 
 JSON_TYPES = ("application/json", "text/json")
-YAML_TYPES = ("application/yaml", "text/yaml", "application/x-yaml", "text/x-yaml", "application/yml", "text/yml")
+YAML_TYPES = (
+    "application/yaml",
+    "text/yaml",
+    "application/x-yaml",
+    "text/x-yaml",
+    "application/yml",
+    "text/yml",
+)
 ACCEPTED_BODY_TYPES = ", ".join(JSON_TYPES + YAML_TYPES)
 
 
@@ -57,7 +64,8 @@ def choose_format(accept: str | None) -> Format:
             ranked.append((-quality, position, fmt))
     if not ranked:
         raise ApiError(
-            406, f"Cannot answer in any type the Accept header allows ({accept!r}); "
+            406,
+            f"Cannot answer in any type the Accept header allows ({accept!r}); "
             "this API speaks application/json and application/yaml",
         )
     return sorted(ranked)[0][2]
@@ -70,7 +78,8 @@ async def read_body(request: Request) -> Any:
     fmt = _format_of(content_type) if content_type else None
     if content_type and fmt is None:
         raise ApiError(
-            415, f"Cannot read a body of type {content_type!r}: send one of {ACCEPTED_BODY_TYPES}",
+            415,
+            f"Cannot read a body of type {content_type!r}: send one of {ACCEPTED_BODY_TYPES}",
         )
     if not raw.strip():
         raise ApiError(400, "The request has no body: send a JSON or YAML document")
@@ -80,7 +89,8 @@ async def read_body(request: Request) -> Any:
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise ApiError(
-                400, f"The body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+                400,
+                f"The body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
                 loc=["body"],
             ) from exc
     try:
@@ -108,7 +118,10 @@ def render(content: Any, fmt: Format, status: int = 200, headers: dict[str, str]
         body = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
         return Response(body, status_code=status, media_type="application/yaml", headers=headers)
     return Response(
-        json.dumps(data, ensure_ascii=False), status_code=status, media_type="application/json", headers=headers
+        json.dumps(data, ensure_ascii=False),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
     )
 
 

@@ -21,8 +21,9 @@ def _sqlite_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=20,
-                           max_overflow=50)
+    engine = create_engine(
+        url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=20, max_overflow=50
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

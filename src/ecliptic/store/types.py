@@ -30,5 +30,3 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 JSONDoc = JSON().with_variant(JSONB(), "postgresql")
-
-
