@@ -232,6 +232,8 @@ def test_accept_runs_the_session_to_completion(http: httpx.Client) -> None:
     assert "options" not in done["meta"] or done["meta"]["options"] == []
     uuid = chosen["meta"]["uuid"]
     assert http.get(f"sessions/{uuid}/logs").text == "out\n"
+    following = http.get(f"sessions/{uuid}/logs", params={"offset": 2})
+    assert following.text == "t\n" and following.headers["x-log-size"] == "4"
     assert http.get(f"sessions/{uuid}/logs", params={"stream": "stderr"}).text == "err\n"
     files = {f["path"] for f in http.get(f"sessions/{uuid}/files").json()["files"]}
     assert {"result.txt", "logs/stdout.txt"} <= files
@@ -323,6 +325,8 @@ def test_cancel_really_stops_the_work(http: httpx.Client, server: LiveServer, tm
             break
         time.sleep(0.1)
     assert final["compute"]["phase"] == "CANCELLED"
+    cancelled_note = [m for m in final["meta"]["messages"] if m["kind"] == "urn:ecliptic:session-cancelled"]
+    assert cancelled_note and "cancelled by the client" in cancelled_note[0]["message"]
     assert all(booking.session_uuid != uuid for booking in server.broker.capacity_in_use())
 
 

@@ -21,7 +21,7 @@ PAYLOAD = b"0123456789abcdef" * 4096
 @pytest.fixture
 def data_url() -> Iterator[str]:
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        def do_GET(self) -> None:
             if self.path != "/survey/cube.fits":
                 self.send_error(404)
                 return
@@ -63,7 +63,9 @@ def test_http_data_is_staged_checked_and_mounted(staging_server: LiveServer, dat
     body = command_request(
         "sh", "-c", 'sha256sum input/cube.fits > sum.txt; echo "$ECLIPTIC_DATA_CUBE" > where.txt'
     )
-    body["data"] = [{"meta": {"name": "cube"}, "location": data_url, "checksum": {"type": "sha256", "value": digest}}]
+    body["data"] = [
+        {"meta": {"name": "cube"}, "location": data_url, "checksum": {"type": "sha256", "value": digest}}
+    ]
     body["compute"] = {"volumes": [{"path": "/input/cube.fits", "resource": "cube"}]}
     with httpx.Client(base_url=staging_server.url, timeout=30) as http:
         done = _run(http, body)
@@ -75,7 +77,9 @@ def test_http_data_is_staged_checked_and_mounted(staging_server: LiveServer, dat
         assert http.get(f"sessions/{uuid}/files/where.txt").text.strip().endswith("cube.fits")
 
 
-def test_a_checksum_mismatch_fails_the_session_before_compute(staging_server: LiveServer, data_url: str) -> None:
+def test_a_checksum_mismatch_fails_the_session_before_compute(
+    staging_server: LiveServer, data_url: str
+) -> None:
     body = command_request("sh", "-c", "echo ran > ran.txt")
     body["data"] = [{"location": data_url, "checksum": {"type": "md5", "value": "0" * 32}}]
     with httpx.Client(base_url=staging_server.url, timeout=30) as http:

@@ -273,15 +273,18 @@ def build_router() -> APIRouter:
         request: Request,
         stream: str = Query(default="stdout", pattern="^(stdout|stderr)$"),
         tail: int | None = Query(default=None, ge=1, le=1_000_000, description="Only the last N lines"),
+        offset: int = Query(default=0, ge=0, description="Start at this byte (to follow a growing log)"),
     ) -> Response:
         broker = _broker(request)
         session_uuid = _uuid(uuid, "session")
         await asyncio.to_thread(broker.session, session_uuid)
         path = broker.workdir(session_uuid) / "logs" / f"{stream}.txt"
-        text = await asyncio.to_thread(_read_text, path)
+        data = await asyncio.to_thread(_read_bytes, path, offset)
+        text = data.decode("utf-8", errors="replace")
         if tail is not None:
             text = "".join(text.splitlines(keepends=True)[-tail:])
-        return PlainTextResponse(text)
+        # The size lets a follower ask for the next part with ?offset= without re-reading the whole log.
+        return PlainTextResponse(text, headers={"X-Log-Size": str(offset + len(data))})
 
     @router.get("/sessions/{uuid}/files", tags=["outputs"], summary="Files in the session's storage")
     async def session_files(uuid: str, request: Request) -> Response:
@@ -306,11 +309,13 @@ def build_router() -> APIRouter:
     return router
 
 
-def _read_text(path: Path) -> str:
+def _read_bytes(path: Path, offset: int) -> bytes:
     try:
-        return path.read_text(errors="replace")
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read()
     except FileNotFoundError:
-        return ""
+        return b""
 
 
 def _inside(workdir: Path, relative: str) -> Path | None:

@@ -344,16 +344,8 @@ class SessionAdvancer:
     def _fail(
         self, session: Any, row: SessionRow, now: datetime, reason: str, exit_code: int | None = None
     ) -> Step:
-        values: dict[str, Any] = {"reason": reason}
-        if exit_code is not None:
-            values["code"] = exit_code
-        row.messages = [
-            *row.messages,
-            messages.error(
-                "urn:ecliptic:session-failed", "The session failed: {reason}", **values
-            ).model_dump(mode="json"),
-        ]
-        lifecycle.set_phase(session, row, SessionPhase.FAILED, now, reason)
+        values: dict[str, Any] = {} if exit_code is None else {"code": exit_code}
+        lifecycle.set_phase(session, row, SessionPhase.FAILED, now, reason, **values)
         return None  # the next step stops whatever runs and frees the capacity
 
     def _stop(self, session_uuid: str, handle: dict[str, Any], launched: bool, reason: str) -> Step:

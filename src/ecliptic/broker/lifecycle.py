@@ -13,7 +13,9 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from ecliptic import engine
+from ecliptic.broker import messages
 from ecliptic.broker.phases import CLIENT_TRANSITIONS, COMPONENT_TERMINAL, ComponentPhase, SessionPhase
+from ecliptic.broker.schema import Level
 from ecliptic.isotime import format_instant
 from ecliptic.store.tables import BookingRow, ComponentRow, SessionRow, TransitionRow
 
@@ -48,21 +50,34 @@ def record(
     )
 
 
+_ENDINGS: dict[SessionPhase, tuple[str, Level, str]] = {
+    SessionPhase.FAILED: ("urn:ecliptic:session-failed", "ERROR", "The session failed: {reason}"),
+    SessionPhase.CANCELLED: ("urn:ecliptic:session-cancelled", "INFO", "The session was cancelled: {reason}"),
+    SessionPhase.REJECTED: ("urn:ecliptic:session-rejected", "INFO", "The offer was rejected: {reason}"),
+    SessionPhase.EXPIRED: ("urn:ecliptic:session-expired", "INFO", "The offer expired: {reason}"),
+}
+"""Phases that end a session early: entering one adds a message that says why, so clients can show it."""
+
+
 def set_phase(
-    session: Session, row: SessionRow, phase: SessionPhase, now: datetime, reason: str | None = None
+    session: Session,
+    row: SessionRow,
+    phase: SessionPhase,
+    now: datetime,
+    reason: str | None = None,
+    **values: object,
 ) -> None:
     if row.phase == phase:
         return
     record(session, row.uuid, None, phase, now, reason, row.phase)
     row.phase = phase
     row.modified = now
-    if reason and phase in (
-        SessionPhase.FAILED,
-        SessionPhase.CANCELLED,
-        SessionPhase.EXPIRED,
-        SessionPhase.REJECTED,
-    ):
-        row.reason = reason
+    ending = _ENDINGS.get(phase)
+    if ending is not None:
+        row.reason = reason or phase.value.lower()
+        kind, level, template = ending
+        note = messages.make(kind, level, template, reason=row.reason, **values)
+        row.messages = [*row.messages, note.model_dump(mode="json")]
 
 
 def set_component_phase(

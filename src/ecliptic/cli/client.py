@@ -314,14 +314,25 @@ def _hint(problem: str, hints: tuple[tuple[str, str], ...], default: str) -> str
     return next((hint for key, hint in hints if key in problem), default)
 
 
+EXCERPT_WIDTH = 100
+
+
 def _excerpt(text: str, line: int, column: int) -> str:
     """The offending line with a caret under the column (both 1-based)."""
     lines = text.splitlines()
     if not 1 <= line <= len(lines):
         return ""
     source = lines[line - 1].replace("\t", " ")
+    caret = column - 1
+    if len(source) > EXCERPT_WIDTH:
+        # A long line (minified JSON, say) is cut to a window around the column so the caret stays in view.
+        start = max(0, min(caret - EXCERPT_WIDTH // 2, len(source) - EXCERPT_WIDTH))
+        end = start + EXCERPT_WIDTH
+        head, tail = ("…" if start else ""), ("…" if end < len(source) else "")
+        source = head + source[start:end] + tail
+        caret = caret - start + len(head)
     gutter = f"{line:>4} | "
-    return f"{gutter}{source}\n{' ' * (len(gutter) + column - 1)}^"
+    return f"{gutter}{source}\n{' ' * (len(gutter) + caret)}^"
 
 
 def parse_request(text: str, name: str, fmt: Format) -> Json:
@@ -450,6 +461,18 @@ def _loc(loc: Any) -> str:
 def _broker(url: str) -> Iterator[BrokerClient]:
     """A client for ``url``, turning every broker failure into one clear message and an exit code."""
     _quiet_http_logs()
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        _fail(
+            f"{url!r} is not a URL: {exc}", 2, hint="give the broker's base URL, e.g. http://127.0.0.1:8080/"
+        )
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        _fail(
+            f"{url!r} is not an http(s) URL",
+            2,
+            hint="give the broker's base URL, e.g. http://127.0.0.1:8080/",
+        )
     try:
         with BrokerClient(url) as client:
             yield client

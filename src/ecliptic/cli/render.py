@@ -109,12 +109,14 @@ def expires_in(text: str | None) -> str:
 def size(count: int | None) -> str:
     if count is None:
         return ""
+    if count < 1024:
+        return f"{count} B"
     value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+    for unit in ("KiB", "MiB", "GiB"):
         value /= 1024
-    raise AssertionError("unreachable")
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+    return f"{value / 1024:.1f} TiB"
 
 
 def short_kind(kind: str | None) -> str:
@@ -339,7 +341,8 @@ def session_panel(session: Json) -> Panel:
 def watch_status(session: Json, elapsed: float) -> Spinner:
     """The live line of ``watch``: the session's phase, then each component's."""
     text = Text()
-    text.append(f"{uuid_of(session)}  ")
+    # The full uuid is already on screen above; eight characters keep the line within a narrow terminal.
+    text.append(f"{uuid_of(session)[:8]}  ")
     text.append_text(phase_text(session.get("phase")))
     for role, item in components(session):
         text.append(f"  {role} ", style="dim")
