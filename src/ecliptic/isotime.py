@@ -11,7 +11,6 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-import isodate
 
 
 class IsoTimeError(ValueError):
@@ -57,6 +56,8 @@ def parse_duration(text: str, *, at: datetime | None = None) -> timedelta:
 
     Calendar units (months, years) depend on where they start: they are resolved from ``at`` (default: now).
     """
+    import isodate  # here, not at the top: the local platform's supervisor imports this module at every launch
+
     text = text.strip()
     try:
         value = isodate.parse_duration(text)

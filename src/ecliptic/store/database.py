@@ -8,7 +8,8 @@ the same state and then both act on it; on PostgreSQL the same code takes row lo
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+import threading
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,10 @@ class Database:
             self.engine = create_engine(
                 url, pool_size=20, max_overflow=60, pool_timeout=120, pool_pre_ping=True, echo=echo
             )
+        # SQLite has one writer at a time. Writers of this process queue on a mutex rather than on SQLite's busy
+        # handler, which sleeps in steps of up to 100 ms and so wastes most of the time under contention; other
+        # processes still wait through busy_timeout.
+        self._write_gate: AbstractContextManager[Any] = threading.Lock() if self.is_sqlite else nullcontext()
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
         self._writer = sessionmaker(
             self.engine.execution_options(ecliptic_write=True), expire_on_commit=False
@@ -76,7 +81,7 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A unit of work: commits on success, rolls back on any exception."""
-        with self._writer() as session, session.begin():
+        with self._write_gate, self._writer() as session, session.begin():
             yield session
 
     def dispose(self) -> None:
