@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 
-
 class IsoTimeError(ValueError):
     """A value that is not a valid ISO 8601 instant, duration or interval."""
 

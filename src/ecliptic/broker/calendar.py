@@ -12,6 +12,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,8 +29,7 @@ class Resources:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Hold:
+class Hold(NamedTuple):
     start: int
     end: int
     cores: int
@@ -46,30 +46,33 @@ class Fit:
 
 
 class CapacityCalendar:
-    def __init__(self, capacity: Resources, holds: Iterable[Hold]) -> None:
+    def __init__(self, capacity: Resources, holds: Iterable[Hold | tuple[int, int, int, int, int]]) -> None:
+        """``holds`` are :class:`Hold` or plain ``(start, end, cores, memory, storage)`` rows from the store."""
         self.capacity = capacity
-        deltas: dict[int, list[int]] = {}
-        for hold in holds:
-            if hold.end <= hold.start:
-                continue
-            for time, sign in ((hold.start, 1), (hold.end, -1)):
-                delta = deltas.setdefault(time, [0, 0, 0])
-                delta[0] += sign * hold.cores
-                delta[1] += sign * hold.memory_gib
-                delta[2] += sign * hold.storage_gib
-        self.times: list[int] = sorted(deltas)
+        events: list[tuple[int, int, int, int]] = []
+        for start, end, cores, memory, storage in holds:
+            if end > start:
+                events.append((start, cores, memory, storage))
+                events.append((end, -cores, -memory, -storage))
+        events.sort()
+        self.times: list[int] = []
         # used[i] holds over [times[i], times[i+1]); before times[0] nothing is used.
         self.used: list[tuple[int, int, int]] = []
+        self.releases: list[int] = []
         cores = memory = storage = 0
-        for time in self.times:
-            delta = deltas[time]
-            cores += delta[0]
-            memory += delta[1]
-            storage += delta[2]
-            self.used.append((cores, memory, storage))
-        self.releases: list[int] = [
-            t for t in self.times if deltas[t][0] < 0 or deltas[t][1] < 0 or deltas[t][2] < 0
-        ]
+        for time, d_cores, d_memory, d_storage in events:
+            cores += d_cores
+            memory += d_memory
+            storage += d_storage
+            if self.times and self.times[-1] == time:
+                self.used[-1] = (cores, memory, storage)
+            else:
+                self.times.append(time)
+                self.used.append((cores, memory, storage))
+            if (d_cores < 0 or d_memory < 0 or d_storage < 0) and (
+                not self.releases or self.releases[-1] != time
+            ):
+                self.releases.append(time)
 
     def peak(self, start: int, end: int) -> Resources:
         """The most that is used at any moment in ``[start, end)``."""

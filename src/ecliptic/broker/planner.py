@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from ecliptic.broker import messages
-from ecliptic.broker.calendar import CapacityCalendar, Fit, Hold, Resources
+from ecliptic.broker.calendar import CapacityCalendar, Fit, Resources
 from ecliptic.broker.plan import Plan
 from ecliptic.broker.schema import Message
 from ecliptic.isotime import Interval, format_duration, format_instant
@@ -273,7 +273,7 @@ class Planner:
             _CALENDAR_READ,
             {"platform": platform, "from_start": start - lookback, "start": start, "end": end, "now": now},
         ).all()
-        return CapacityCalendar(capacity, (Hold(*row) for row in rows))
+        return CapacityCalendar(capacity, rows)
 
 
 def capacity_of(platform: Platform) -> Resources:

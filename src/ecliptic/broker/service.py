@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select
-from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ecliptic import engine
@@ -23,6 +22,7 @@ from ecliptic.broker.validate import validate
 from ecliptic.config import Settings
 from ecliptic.isotime import utcnow
 from ecliptic.platforms.base import Platform
+from ecliptic.store.bulk import insert_new
 from ecliptic.store.database import Database
 from ecliptic.store.tables import BookingRow, ComponentRow, OfferSetRow, PlatformRow, SessionRow
 
@@ -94,6 +94,7 @@ class Broker:
             messages=[],
         )
         rows: list[SessionRow] = []
+        longest: dict[str, int] = {}
         with self.db.write() as session:
             if isinstance(checked, Rejection):
                 offerset.messages = _dump(checked.messages)
@@ -114,9 +115,7 @@ class Broker:
                         rows.append(row)
                     # One expiry item for the whole set: its offers share one deadline.
                     engine.schedule(session, lifecycle.EXPIRE, offerset.uuid, expires)
-            _insert(session, OfferSetRow, [offerset])
-            if rows:
-                self._persist(session, rows, now + self.settings.offer_lifetime, longest)
+            self._persist(session, rows, now + self.settings.offer_lifetime, longest, offerset)
         offerset.sessions = rows
         if rows:
             self._wake()
@@ -144,7 +143,7 @@ class Broker:
                     reasons = [m for m in found if isinstance(m, Message)]
             if accepted is None:
                 failed = self._failed_session(request, now, owner, reasons)
-                _insert(session, SessionRow, [failed])
+                insert_new(session, [(SessionRow, [failed])])
         if accepted is not None:
             self._wake()
             return DirectResult(self.session(accepted), True)
@@ -211,10 +210,13 @@ class Broker:
         return row
 
     def _persist(
-        self, session: Session, rows: list[SessionRow], expires: datetime | None, longest: dict[str, int]
+        self,
+        session: Session,
+        rows: list[SessionRow],
+        expires: datetime | None,
+        longest: dict[str, int],
+        offerset: OfferSetRow | None = None,
     ) -> None:
-        _insert(session, SessionRow, rows)
-        _insert(session, ComponentRow, [component for row in rows for component in row.components])
         bookings = [
             BookingRow(
                 session_uuid=row.uuid,
@@ -228,7 +230,15 @@ class Broker:
             )
             for row in rows
         ]
-        _insert(session, BookingRow, bookings)
+        insert_new(
+            session,
+            [
+                (OfferSetRow, [offerset] if offerset is not None else []),
+                (SessionRow, rows),
+                (ComponentRow, [component for row in rows for component in row.components]),
+                (BookingRow, bookings),
+            ],
+        )
         self.planner.note_holds(session, bookings, longest)
 
     def _failed_session(
@@ -347,23 +357,6 @@ class Broker:
     def capacity_in_use(self) -> list[BookingRow]:
         with self.db.read() as session:
             return list(session.scalars(select(BookingRow)).all())
-
-
-_INSERTS: dict[type[Any], tuple[Any, tuple[str, ...]]] = {}
-
-
-def _insert_for(entity: type[Any]) -> tuple[Any, tuple[str, ...]]:
-    if entity not in _INSERTS:
-        _INSERTS[entity] = insert(entity.__table__), tuple(a.key for a in sa_inspect(entity).column_attrs)
-    return _INSERTS[entity]
-
-
-def _insert(session: Session, entity: type[Any], objects: Sequence[Any]) -> None:
-    """One multi-row INSERT of transient ORM objects, skipping the unit of work."""
-    if not objects:
-        return
-    statement, keys = _insert_for(entity)
-    session.execute(statement, [{key: getattr(obj, key) for key in keys} for obj in objects])
 
 
 def _rewrite(value: Any, renamed: dict[str, str]) -> Any:

@@ -7,8 +7,9 @@ the same state and then both act on it; on PostgreSQL the same code takes row lo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
 import threading
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -35,6 +38,9 @@ def _sqlite_engine(url: str) -> Engine:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=60000")
+        # Checkpoints run in a background thread (see _Checkpointer), not in whichever request commits the
+        # thousandth page: that request would otherwise wait for the copy and its fsync.
+        cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -45,16 +51,43 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+class _Checkpointer:
+    """Copies SQLite's write-ahead log back into the database file every second, off the request path."""
+
+    def __init__(self, engine: Engine, interval: float = 1.0) -> None:
+        self.engine = engine
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ecliptic-sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            except Exception:  # a busy or closing database: the next round tries again
+                log.debug("WAL checkpoint skipped", exc_info=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 class Database:
     """One database: an engine, a read session factory and a write session factory."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
+        self._checkpointer: _Checkpointer | None = None
         if url.startswith("sqlite"):
             self.engine = _sqlite_engine(url)
+            if make_url(url).database not in (None, "", ":memory:"):
+                self._checkpointer = _Checkpointer(self.engine)
         else:
+            # No pre-ping: it costs a round trip per transaction; a dropped connection is invalidated on first use.
             self.engine = create_engine(
-                url, pool_size=20, max_overflow=60, pool_timeout=120, pool_pre_ping=True, echo=echo
+                url, pool_size=20, max_overflow=60, pool_timeout=120, pool_recycle=1800, echo=echo
             )
         # SQLite has one writer at a time. Writers of this process queue on a mutex rather than on SQLite's busy
         # handler, which sleeps in steps of up to 100 ms and so wastes most of the time under contention; other
@@ -85,4 +118,7 @@ class Database:
             yield session
 
     def dispose(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         self.engine.dispose()

@@ -120,7 +120,20 @@ class BookingRow(Base):
     """
 
     __tablename__ = "bookings"
-    __table_args__ = (Index("ix_bookings_platform_start", "platform", "start_s"),)
+    __table_args__ = (
+        # Covering: a calendar read is answered from the index alone (PostgreSQL index-only scan, SQLite
+        # covering index) without visiting rows scattered over the table.
+        Index(
+            "ix_bookings_calendar",
+            "platform",
+            "start_s",
+            "end_s",
+            "expires_s",
+            "cores",
+            "memory_gib",
+            "storage_gib",
+        ),
+    )
 
     session_uuid: Mapped[str] = mapped_column(ForeignKey("sessions.uuid"), primary_key=True)
     platform: Mapped[str] = mapped_column(String(64))

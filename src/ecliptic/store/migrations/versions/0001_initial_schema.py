@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 18:32:52.321398
+Create Date: 2026-11-23 19:04:22.549138
 """
 
 from collections.abc import Sequence
@@ -139,7 +139,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("session_uuid"),
     )
     with op.batch_alter_table("bookings", schema=None) as batch_op:
-        batch_op.create_index("ix_bookings_platform_start", ["platform", "start_s"], unique=False)
+        batch_op.create_index(
+            "ix_bookings_calendar",
+            ["platform", "start_s", "end_s", "expires_s", "cores", "memory_gib", "storage_gib"],
+            unique=False,
+        )
 
     op.create_table(
         "components",
@@ -176,7 +180,7 @@ def downgrade() -> None:
 
     op.drop_table("components")
     with op.batch_alter_table("bookings", schema=None) as batch_op:
-        batch_op.drop_index("ix_bookings_platform_start")
+        batch_op.drop_index("ix_bookings_calendar")
 
     op.drop_table("bookings")
     with op.batch_alter_table("sessions", schema=None) as batch_op:
