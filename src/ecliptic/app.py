@@ -10,7 +10,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import Response
+from fastapi.responses import RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from ecliptic import __version__
 from ecliptic.broker.api import build_router, install_error_handlers
@@ -25,6 +26,7 @@ from ecliptic.http.negotiation import negotiated, render
 from ecliptic.platforms.base import Capacity, Platform
 from ecliptic.platforms.local import LocalPlatform
 from ecliptic.store import Database, upgrade
+from ecliptic.web import routes as web_routes
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,12 @@ def create_app(settings: Settings | None = None, *, run_workers: bool = True) ->
     errors.install(app)
     install_error_handlers(app)
     app.include_router(build_router())
+    app.include_router(web_routes.build_router())
+    app.mount("/ui/static", StaticFiles(directory=web_routes.HERE / "static"), name="ui-static")
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> Response:
+        return RedirectResponse("/ui/sessions")
 
     @app.get("/health", tags=["service"])
     async def health(request: Request) -> Response:

@@ -1,0 +1,1 @@
+"""The web UI: sessions, their phases, logs and files, and the capacity calendar as a picture."""

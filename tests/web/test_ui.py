@@ -1,0 +1,109 @@
+"""The web UI in a real headless Chromium: ask for offers, accept, watch it run, read its output, cancel."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import LiveServer, make_settings
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Chromium must not reach for the network beyond loopback: these switches stop its background traffic.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def ui_server(tmp_path: Path) -> Iterator[LiveServer]:
+    settings = make_settings(tmp_path / "data", f"sqlite:///{tmp_path / 'store.sqlite'}")
+    with LiveServer(settings) as live:
+        yield live
+
+
+@pytest.fixture
+def page(tmp_path: Path) -> Iterator[Any]:
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have Debian's chromium installed (.ci/run installs it)")
+        pytest.skip("Debian's chromium package is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1200, "height": 900})
+        context.set_default_timeout(30_000)
+        yield context.new_page()
+        browser.close()
+
+
+REQUEST = """\
+executable:
+  kind: urn:ecliptic:executable:command
+  command: [sh, -c, "{script}"]
+schedule:
+  requested:
+    duration: PT5M
+"""
+
+
+def test_ask_accept_watch_and_read_output(ui_server: LiveServer, page: Any, tmp_path: Path) -> None:
+    page.goto(f"{ui_server.url}ui/sessions")
+    page.fill("#request-text", REQUEST.format(script="echo hello from the browser"))
+    page.click("#ask")
+    page.wait_for_selector(".offer button.accept")
+    assert page.locator(".offer").count() >= 1
+    page.locator(".offer button.accept").first.click()
+    page.wait_for_url("**/ui/sessions/*")
+    page.wait_for_function("document.querySelector('#session-phase').textContent.trim() === 'COMPLETED'")
+    assert "hello from the browser" in page.inner_text("#stdout")
+    page.screenshot(path=str(tmp_path / "session.png"), full_page=True)
+    page.goto(f"{ui_server.url}ui/sessions")
+    assert page.locator("tbody .phase-completed").count() == 1
+
+
+def test_bad_requests_say_what_is_wrong(ui_server: LiveServer, page: Any) -> None:
+    page.goto(f"{ui_server.url}ui/sessions")
+    page.fill("#request-text", "executable: [unclosed")
+    page.click("#ask")
+    page.wait_for_function("document.querySelector('#offer-status').textContent.includes('not valid YAML')")
+    page.fill("#request-text", REQUEST.format(script="true").replace("PT5M", "P30D"))
+    page.click("#ask")
+    page.wait_for_selector("#offers .level-error")
+    assert "maximum" in page.inner_text("#offers")
+
+
+def test_cancel_from_the_session_page(ui_server: LiveServer, page: Any) -> None:
+    page.goto(f"{ui_server.url}ui/sessions")
+    page.fill("#request-text", REQUEST.format(script="sleep 120"))
+    page.click("#ask")
+    page.locator(".offer button.accept").first.click()
+    page.wait_for_url("**/ui/sessions/*")
+    page.wait_for_function("document.querySelector('#session-phase').textContent.trim() === 'AVAILABLE'")
+    page.click("button.action[data-phase='CANCELLED']")
+    page.wait_for_function("document.querySelector('#session-phase').textContent.trim() === 'CANCELLED'")
+    page.wait_for_selector("text=cancelled by the client")
+
+
+def test_capacity_picture(ui_server: LiveServer, page: Any, tmp_path: Path) -> None:
+    page.goto(f"{ui_server.url}ui/sessions")
+    page.fill("#request-text", REQUEST.format(script="true").replace("PT5M", "PT3H"))
+    page.click("#ask")
+    page.wait_for_selector(".offer")
+    page.goto(f"{ui_server.url}ui/capacity")
+    svg = page.locator("svg.chart")
+    assert svg.count() == 1
+    assert "capacity: 8 cores" in (svg.text_content() or "")
+    assert "bookings held" in page.inner_text("main")
+    page.screenshot(path=str(tmp_path / "capacity.png"), full_page=True)
