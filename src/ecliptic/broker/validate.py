@@ -78,6 +78,11 @@ class _Validator:
     def refuse(self, kind: str, template: str, /, **values: Any) -> None:
         self.refusals.append(messages.error(kind, template, **values))
 
+    def unknown_kind(self, what: str, kind: str, path: str) -> None:
+        self.refuse(
+            "uri:unknown-type", "Unknown {what} kind {kind} (at {path})", what=what, kind=kind, path=path
+        )
+
     def parse(self, model: type[M], raw: dict[str, Any], loc: Loc) -> M | None:
         try:
             parsed = model.model_validate(raw)
@@ -136,7 +141,7 @@ class _Validator:
             )
             return None
         if kind != kinds.COMMAND:
-            self.refuse("uri:unknown-type", "Unknown executable kind {kind} (at executable.kind)", kind=kind)
+            self.unknown_kind("executable", kind, "executable.kind")
             return None
         parsed = self.parse(CommandExecutableIn, raw, ("executable",))
         if parsed is None:
@@ -150,7 +155,7 @@ class _Validator:
         raw.setdefault("kind", kinds.COMPUTE)
         kind = kinds.normalise(str(raw["kind"]))
         if kind != kinds.COMPUTE:
-            self.refuse("uri:unknown-type", "Unknown compute kind {kind} (at compute.kind)", kind=kind)
+            self.unknown_kind("compute", kind, "compute.kind")
             return None
         parsed = self.parse(ComputeIn, raw, ("compute",))
         if parsed is None:
@@ -186,12 +191,7 @@ class _Validator:
             raw = {"kind": kinds.STORAGE, **raw}
             kind = kinds.normalise(str(raw["kind"]))
             if kind != kinds.STORAGE:
-                self.refuse(
-                    "uri:unknown-type",
-                    "Unknown storage kind {kind} (at storage[{index}].kind)",
-                    kind=kind,
-                    index=index,
-                )
+                self.unknown_kind("storage", kind, f"storage[{index}].kind")
                 continue
             parsed = self.parse(StorageIn, raw, ("storage", index))
             if parsed is None:
@@ -217,12 +217,7 @@ class _Validator:
                 )
                 continue
             if kind != kinds.DATA_SIMPLE:
-                self.refuse(
-                    "uri:unknown-type",
-                    "Unknown data kind {kind} (at data[{index}].kind)",
-                    kind=kind,
-                    index=index,
-                )
+                self.unknown_kind("data", kind, f"data[{index}].kind")
                 continue
             parsed = self.parse(SimpleDataIn, raw, ("data", index))
             if parsed is None:
