@@ -11,8 +11,9 @@ from tests.conftest import LiveServer, free_port
 from typer.testing import CliRunner, Result
 
 from ecliptic.broker import kinds
-from ecliptic.cli.client import BrokerClient, BrokerError, RequestFileError, parse_request
+from ecliptic.broker.client import BrokerClient, BrokerError
 from ecliptic.cli.main import app
+from ecliptic.cli.request_file import RequestFileError, parse_request
 
 HELLO = """\
 name: hello
