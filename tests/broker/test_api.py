@@ -351,3 +351,40 @@ def test_openapi_is_published(http: httpx.Client) -> None:
         spec["paths"]
     )
     assert "ExecutionRequest" in spec["components"]["schemas"]
+
+
+def test_waiting_then_cancelled_before_it_starts(http: httpx.Client) -> None:
+    start = datetime.now(UTC) + timedelta(hours=1)
+    body = command_request("true")
+    body["schedule"]["requested"]["start"] = f"{format_instant(start)}/PT1H"
+    uuid = offers(http, body).json()["offers"][0]["meta"]["uuid"]
+    http.post(f"sessions/{uuid}", json=accept())
+    waiting = wait_for_phase(http, uuid, {"WAITING"})
+    assert waiting["compute"]["phase"] == "WAITING"
+    assert http.post(f"sessions/{uuid}", json=accept("CANCELLED")).json()["phase"] == "CANCELLED"
+    final = wait_for_phase(http, uuid, {"CANCELLED"})
+    history = http.get(f"sessions/{uuid}/history").json()["history"]
+    sessions_changes = [(h["from"], h["to"]) for h in history if h["component"] is None]
+    assert sessions_changes[:3] == [
+        ("OFFERED", "ACCEPTED"),
+        ("ACCEPTED", "WAITING"),
+        ("WAITING", "CANCELLED"),
+    ]
+    assert all(h["reason"] for h in history if h["to"] == "CANCELLED")
+    assert final["executable"]["phase"] == "CANCELLED"
+
+
+def test_a_client_may_fail_a_running_session_with_a_reason(http: httpx.Client) -> None:
+    uuid = offers(http, command_request("sleep", "300")).json()["offers"][0]["meta"]["uuid"]
+    http.post(f"sessions/{uuid}", json=accept())
+    wait_for_phase(http, uuid, {"AVAILABLE"})
+    update = {**accept("FAILED"), "reason": "the input was wrong"}
+    assert http.post(f"sessions/{uuid}", json=update).json()["phase"] == "FAILED"
+    for _ in range(300):
+        final = http.get(f"sessions/{uuid}").json()
+        if final["compute"]["phase"] == "FAILED":
+            break
+        time.sleep(0.1)
+    assert final["compute"]["phase"] == "FAILED"
+    assert any("the input was wrong" in m["message"] for m in final["meta"]["messages"])
+    assert http.get("sessions/00000000-0000-4000-8000-000000000000/history").status_code == 404

@@ -286,6 +286,12 @@ def build_router() -> APIRouter:
         # The size lets a follower ask for the next part with ?offset= without re-reading the whole log.
         return PlainTextResponse(text, headers={"X-Log-Size": str(offset + len(data))})
 
+    @router.get("/sessions/{uuid}/history", tags=["sessions"], summary="Every phase change, with its reason")
+    async def session_history(uuid: str, request: Request) -> Response:
+        fmt = negotiated(request)
+        rows = await asyncio.to_thread(_broker(request).history, _uuid(uuid, "session"))
+        return render({"history": [views.transition_out(row) for row in rows]}, fmt)
+
     @router.get("/sessions/{uuid}/files", tags=["outputs"], summary="Files in the session's storage")
     async def session_files(uuid: str, request: Request) -> Response:
         fmt = negotiated(request)

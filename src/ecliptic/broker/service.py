@@ -24,7 +24,14 @@ from ecliptic.isotime import utcnow
 from ecliptic.platforms.base import Platform
 from ecliptic.store.bulk import insert_new
 from ecliptic.store.database import Database
-from ecliptic.store.tables import BookingRow, ComponentRow, OfferSetRow, PlatformRow, SessionRow
+from ecliptic.store.tables import (
+    BookingRow,
+    ComponentRow,
+    OfferSetRow,
+    PlatformRow,
+    SessionRow,
+    TransitionRow,
+)
 
 
 class NotFound(Exception):
@@ -290,6 +297,18 @@ class Broker:
             query = select(SessionRow).order_by(SessionRow.created.desc()).limit(limit)
             if phase:
                 query = query.where(SessionRow.phase == phase)
+            return list(session.scalars(query).all())
+
+    def history(self, session_uuid: str) -> list[TransitionRow]:
+        """Every phase change of the session and its components, oldest first."""
+        with self.db.read() as session:
+            if session.get(SessionRow, session_uuid) is None:
+                raise NotFound(f"no session {session_uuid}")
+            query = (
+                select(TransitionRow)
+                .where(TransitionRow.session_uuid == session_uuid)
+                .order_by(TransitionRow.id)
+            )
             return list(session.scalars(query).all())
 
     def component(self, component_uuid: str) -> tuple[SessionRow, ComponentRow]:

@@ -17,7 +17,7 @@ from ecliptic.broker.schema import (
     StartDuration,
 )
 from ecliptic.isotime import format_duration, format_instant
-from ecliptic.store.tables import ComponentRow, OfferSetRow, SessionRow
+from ecliptic.store.tables import ComponentRow, OfferSetRow, SessionRow, TransitionRow
 
 COMPONENT_PATHS = {"executable": "executables", "compute": "compute", "storage": "storage", "data": "data"}
 
@@ -90,6 +90,16 @@ def session_out(row: SessionRow, base_url: str) -> SessionOut:
         storage=by_role["storage"],
         data=by_role["data"],
     )
+
+
+def transition_out(row: TransitionRow) -> dict[str, Any]:
+    return {
+        "at": format_instant(row.at),
+        "component": row.component,
+        "from": row.from_phase,
+        "to": row.to_phase,
+        "reason": row.reason,
+    }
 
 
 def offerset_out(row: OfferSetRow, base_url: str) -> OfferSetOut:
