@@ -68,6 +68,7 @@ def test_ask_accept_watch_and_read_output(ui_server: LiveServer, page: Any, tmp_
     page.wait_for_url("**/ui/sessions/*")
     page.wait_for_function("document.querySelector('#session-phase').textContent.trim() === 'COMPLETED'")
     assert "hello from the browser" in page.inner_text("#stdout")
+    assert "the executable exited with code 0" in page.inner_text("table.history")
     page.screenshot(path=str(tmp_path / "session.png"), full_page=True)
     page.goto(f"{ui_server.url}ui/sessions")
     assert page.locator("tbody .phase-completed").count() == 1

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from jinja2 import StrictUndefined
 
 from ecliptic.broker import views
 from ecliptic.broker.calendar import Hold, Resources
@@ -19,6 +20,8 @@ from ecliptic.web.charts import capacity_svg
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=HERE / "templates")
+# A misspelt template variable fails loudly instead of rendering as nothing.
+templates.env.undefined = StrictUndefined
 templates.env.filters["instant"] = lambda value: format_instant(value) if value else ""
 templates.env.filters["duration"] = format_duration
 
@@ -75,10 +78,12 @@ def build_router() -> APIRouter:
         wire = views.session_out(row, str(request.base_url))
         stdout = await asyncio.to_thread(_tail, broker.workdir(uuid) / "logs" / "stdout.txt")
         stderr = await asyncio.to_thread(_tail, broker.workdir(uuid) / "logs" / "stderr.txt")
+        history = await asyncio.to_thread(broker.history, uuid)
         return _page(
             request,
             "session",
             fragment,
+            history=history,
             row=row,
             wire=wire,
             stdout=stdout,
