@@ -192,7 +192,9 @@ class SessionAdvancer:
                 launch = self._launch_spec(row, workdir)
                 uid = row.uuid
                 return lambda: self._launch(uid, launch)
-        return Again(now)
+        # Everything is in place (a launch was recorded but the session's own change was not): catch up.
+        lifecycle.set_phase(session, row, SessionPhase.AVAILABLE, now, "the executable is running")
+        return None
 
     def _check_executable(self, component: ComponentRow, workdir: Path) -> str | None:
         command = list(component.spec.get("command") or [])
