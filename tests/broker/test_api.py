@@ -14,7 +14,7 @@ import yaml
 from ecliptic.broker import kinds
 from ecliptic.isotime import format_instant, parse_instant
 from tests.broker.requests import accept, command_request
-from tests.broker.waiting import wait_for_phase
+from tests.broker.waiting import wait_for_component, wait_for_phase
 from tests.conftest import LiveServer
 
 
@@ -319,12 +319,7 @@ def test_cancel_really_stops_the_work(http: httpx.Client, server: LiveServer, tm
         time.sleep(0.1)
     else:
         raise AssertionError("the cancelled session's process is still running")
-    for _ in range(300):
-        final = http.get(f"sessions/{uuid}").json()
-        if final["compute"]["phase"] == "CANCELLED":
-            break
-        time.sleep(0.1)
-    assert final["compute"]["phase"] == "CANCELLED"
+    final = wait_for_component(http, uuid, "compute", "CANCELLED")
     cancelled_note = [m for m in final["meta"]["messages"] if m["kind"] == "urn:ecliptic:session-cancelled"]
     assert cancelled_note and "cancelled by the client" in cancelled_note[0]["message"]
     assert all(booking.session_uuid != uuid for booking in server.broker.capacity_in_use())
@@ -380,11 +375,6 @@ def test_a_client_may_fail_a_running_session_with_a_reason(http: httpx.Client) -
     wait_for_phase(http, uuid, {"AVAILABLE"})
     update = {**accept("FAILED"), "reason": "the input was wrong"}
     assert http.post(f"sessions/{uuid}", json=update).json()["phase"] == "FAILED"
-    for _ in range(300):
-        final = http.get(f"sessions/{uuid}").json()
-        if final["compute"]["phase"] == "FAILED":
-            break
-        time.sleep(0.1)
-    assert final["compute"]["phase"] == "FAILED"
+    final = wait_for_component(http, uuid, "compute", "FAILED")
     assert any("the input was wrong" in m["message"] for m in final["meta"]["messages"])
     assert http.get("sessions/00000000-0000-4000-8000-000000000000/history").status_code == 404
