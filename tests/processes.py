@@ -30,10 +30,10 @@ class ServerProcess:
         }
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ServerProcess:
+    def start(self, *extra: str) -> ServerProcess:
         handle = self.log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ecliptic", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "ecliptic", "serve", "--port", str(self.port), *extra],
             env=self.env,
             stdout=handle,
             stderr=subprocess.STDOUT,
@@ -49,6 +49,16 @@ class ServerProcess:
                 pass
             time.sleep(0.1)
         raise RuntimeError("server did not come up")
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        """An ``ecliptic worker`` process on the same store: engine handlers only, no API."""
+        handle = self.log.open("ab")
+        return subprocess.Popen(
+            [sys.executable, "-m", "ecliptic", "worker"],
+            env=self.env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
 
     def kill(self) -> None:
         """SIGKILL: no clean-up, no flush, as a crash would."""

@@ -366,7 +366,9 @@ def test_waiting_then_cancelled_before_it_starts(http: httpx.Client) -> None:
         ("WAITING", "CANCELLED"),
     ]
     assert all(h["reason"] for h in history if h["to"] == "CANCELLED")
-    assert final["executable"]["phase"] == "CANCELLED"
+    assert final["phase"] == "CANCELLED"
+    # The components end in the step after the session's phase changed: wait for that step.
+    wait_for_component(http, uuid, "executable", "CANCELLED")
 
 
 def test_a_client_may_fail_a_running_session_with_a_reason(http: httpx.Client) -> None:

@@ -116,6 +116,26 @@ def test_two_servers_on_one_postgresql_never_run_a_session_twice(tmp_path: Path,
     assert "Traceback" not in logs, logs[-3000:]
 
 
+def test_an_api_without_workers_and_a_separate_worker(tmp_path: Path, postgres_url: str) -> None:
+    runs = tmp_path / "runs.log"
+    api = ServerProcess(tmp_path / "data", postgres_url, tmp_path / "server.log").start("--no-workers")
+    worker = None
+    try:
+        with httpx.Client(base_url=api.url, timeout=30) as http:
+            uuid = _submit_and_accept(http, _recording(runs, 0.1))
+            time.sleep(1)
+            assert http.get(f"sessions/{uuid}").json()["phase"] == "ACCEPTED"  # nobody drives it yet
+            worker = api.start_worker()
+            phases = _wait_all_terminal(api.url, [uuid], timeout=120)
+        assert phases == {uuid: "COMPLETED"}
+        assert _runs(runs) == Counter({uuid: 1})
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
+        api.stop()
+
+
 def test_a_thousand_sessions_at_once(tmp_path: Path, database_url: str) -> None:
     settings = make_settings(
         tmp_path / "data",
