@@ -28,7 +28,7 @@ from ecliptic.engine import Again, Done, Job, Outcome
 from ecliptic.isotime import utcnow
 from ecliptic.platforms.base import LaunchSpec, RunState
 from ecliptic.staging import StagingError, filename_for, stage
-from ecliptic.store.tables import ComponentRow, SessionRow
+from ecliptic.store.tables import ComponentRow, OfferSetRow, SessionRow
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,15 @@ class OfferExpirer:
     def __call__(self, job: Job) -> Outcome:
         now = utcnow()
         with self.broker.db.write() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                # The offer set's lock is the one accept takes: expiry and accept never interleave.
+                session.execute(
+                    select(OfferSetRow.uuid).where(OfferSetRow.uuid == job.subject).with_for_update()
+                ).all()
             offers = session.scalars(
-                select(SessionRow).where(
-                    SessionRow.offerset_uuid == job.subject, SessionRow.phase == SessionPhase.OFFERED
-                )
+                select(SessionRow)
+                .where(SessionRow.offerset_uuid == job.subject, SessionRow.phase == SessionPhase.OFFERED)
+                .execution_options(populate_existing=True)
             ).all()
             pending = [row.expires for row in offers if row.expires is not None and row.expires > now]
             for row in offers:
@@ -98,7 +103,7 @@ class SessionAdvancer:
         now = utcnow()
         action: Callable[[], Step] | None = None
         with self.db.write() as session:
-            row = session.get(SessionRow, session_uuid)
+            row = lifecycle.locked(session, session_uuid)
             if row is None:
                 return Done()
             phase = SessionPhase(row.phase)
@@ -250,7 +255,7 @@ class SessionAdvancer:
                 raise  # the engine retries with backoff
             now = utcnow()
             with self.db.write() as session:
-                row = session.get(SessionRow, session_uuid)
+                row = lifecycle.locked(session, session_uuid)
                 component = session.get(ComponentRow, component_uuid)
                 if row is None or component is None or row.phase != SessionPhase.PREPARING:
                     return None
@@ -259,7 +264,7 @@ class SessionAdvancer:
                 return self._fail(session, row, now, reason)
         now = utcnow()
         with self.db.write() as session:
-            row = session.get(SessionRow, session_uuid)
+            row = lifecycle.locked(session, session_uuid)
             component = session.get(ComponentRow, component_uuid)
             if row is None or component is None:
                 return Done()
@@ -289,7 +294,7 @@ class SessionAdvancer:
         handle = platform.launch(spec)
         now = utcnow()
         with self.db.write() as session:
-            row = session.get(SessionRow, session_uuid)
+            row = lifecycle.locked(session, session_uuid)
             if row is None:
                 return Done()
             compute = self._component(row, "compute")
@@ -313,7 +318,7 @@ class SessionAdvancer:
         status = platform.poll(workdir, handle)
         now = utcnow()
         with self.db.write() as session:
-            row = session.get(SessionRow, session_uuid)
+            row = lifecycle.locked(session, session_uuid)
             if row is None:
                 return Done()
             if row.phase not in (SessionPhase.AVAILABLE, SessionPhase.RUNNING):
@@ -355,7 +360,7 @@ class SessionAdvancer:
             self._platform(session_uuid).stop(self.broker.workdir(session_uuid), handle, reason)
         now = utcnow()
         with self.db.write() as session:
-            row = session.get(SessionRow, session_uuid)
+            row = lifecycle.locked(session, session_uuid)
             if row is None or row.released:
                 return Done()
             phase = SessionPhase(row.phase)

@@ -55,8 +55,3 @@ def normalise(kind: str) -> str:
     category = _CATEGORY_ALIASES.get(match["category"], match["category"])
     name = _NAME_ALIASES.get(match["name"], match["name"])
     return current(category, name)
-
-
-def category_of(kind: str) -> str | None:
-    match = _FAMILY.match(normalise(kind))
-    return match["category"] if match else None

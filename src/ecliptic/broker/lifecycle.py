@@ -14,10 +14,10 @@ from sqlalchemy.orm import Session
 
 from ecliptic import engine
 from ecliptic.broker import messages
-from ecliptic.broker.phases import CLIENT_TRANSITIONS, COMPONENT_TERMINAL, ComponentPhase, SessionPhase
+from ecliptic.broker.phases import CLIENT_TRANSITIONS, ComponentPhase, SessionPhase
 from ecliptic.broker.schema import Level
 from ecliptic.isotime import format_instant
-from ecliptic.store.tables import BookingRow, ComponentRow, SessionRow, TransitionRow
+from ecliptic.store.tables import BookingRow, ComponentRow, OfferSetRow, SessionRow, TransitionRow
 
 EXPIRE = "broker.offerset.expire"
 """Subject: an offer set; its offers share one deadline."""
@@ -27,6 +27,30 @@ PURGE = "broker.session.purge"
 
 class TransitionRefused(Exception):
     """A client asked for a phase change that is not allowed from the session's current phase."""
+
+
+def locked(session: Session, session_uuid: str, *, with_offerset: bool = False) -> SessionRow | None:
+    """The session row, locked against concurrent phase changes until the transaction ends.
+
+    On SQLite the write transaction already excludes every other writer. On PostgreSQL this takes the row
+    lock (and first its offer set's, when siblings may change too: clients and expiry lock in that order, the
+    reconcile loop takes only the session's), so a read-decide-write never overwrites a change that another
+    process committed in between.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return session.get(SessionRow, session_uuid)
+    if with_offerset:
+        parent = session.scalar(select(SessionRow.offerset_uuid).where(SessionRow.uuid == session_uuid))
+        if parent is not None:
+            session.execute(
+                select(OfferSetRow.uuid).where(OfferSetRow.uuid == parent).with_for_update()
+            ).all()
+    return session.scalar(
+        select(SessionRow)
+        .where(SessionRow.uuid == session_uuid)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
 
 
 def record(
@@ -93,14 +117,6 @@ def set_component_phase(
     record(session, row.uuid, component.role, phase, now, reason, component.phase)
     component.phase = phase
     row.modified = now
-
-
-def end_components(
-    session: Session, row: SessionRow, phase: ComponentPhase, now: datetime, reason: str
-) -> None:
-    for component in row.components:
-        if component.phase not in COMPONENT_TERMINAL:
-            set_component_phase(session, row, component, phase, now, reason)
 
 
 def free_capacity(session: Session, row: SessionRow) -> None:

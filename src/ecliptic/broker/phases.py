@@ -42,16 +42,6 @@ TERMINAL = frozenset(
         SessionPhase.CANCELLED,
     }
 )
-ACTIVE = frozenset(
-    {
-        SessionPhase.ACCEPTED,
-        SessionPhase.WAITING,
-        SessionPhase.PREPARING,
-        SessionPhase.AVAILABLE,
-        SessionPhase.RUNNING,
-        SessionPhase.RELEASING,
-    }
-)
 COMPONENT_TERMINAL = frozenset({ComponentPhase.COMPLETED, ComponentPhase.FAILED, ComponentPhase.CANCELLED})
 
 # What a client may ask for, from each phase (WD "update options"). FAILED is accepted from any live phase

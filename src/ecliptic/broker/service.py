@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ecliptic import engine
-from ecliptic.broker import lifecycle, messages
+from ecliptic.broker import lifecycle
 from ecliptic.broker.phases import ComponentPhase, SessionPhase
 from ecliptic.broker.plan import Plan, Rejection
 from ecliptic.broker.planner import Offer, Planner
@@ -336,7 +336,7 @@ class Broker:
             return
         with self.db.write() as session:
             for uid in due:
-                row = session.get(SessionRow, uid)
+                row = lifecycle.locked(session, uid, with_offerset=True)
                 if row is not None:
                     lifecycle.expire_if_due(session, row, now)
 
@@ -360,17 +360,9 @@ class Broker:
         return self.session(session_uuid), refused
 
     def _locked(self, session: Session, session_uuid: str) -> SessionRow:
-        """The session row, locked; on PostgreSQL its offer set first, so sibling accepts queue up in order."""
-        postgres = session.get_bind().dialect.name == "postgresql"
-        row = session.get(SessionRow, session_uuid)
+        row = lifecycle.locked(session, session_uuid, with_offerset=True)
         if row is None:
             raise NotFound(f"no session {session_uuid}")
-        if postgres:
-            if row.offerset_uuid is not None:
-                session.execute(
-                    select(OfferSetRow.uuid).where(OfferSetRow.uuid == row.offerset_uuid).with_for_update()
-                ).all()
-            session.refresh(row, with_for_update=True)
         return row
 
     def capacity_in_use(self) -> list[BookingRow]:
@@ -386,7 +378,3 @@ def _rewrite(value: Any, renamed: dict[str, str]) -> Any:
     if isinstance(value, dict):
         return {key: _rewrite(item, renamed) for key, item in value.items()}
     return value
-
-
-def failure_message(reason: str, **values: object) -> Message:
-    return messages.error("urn:ecliptic:session-failed", "{reason}", reason=reason, **values)
