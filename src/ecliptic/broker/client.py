@@ -137,6 +137,12 @@ class BrokerClient:
             params["tail"] = tail
         return self._get(f"sessions/{_segment(session_uuid)}/logs", params).text
 
+    def log_part(self, session_uuid: str, stream: str = "stdout", offset: int = 0) -> tuple[bytes, int]:
+        """The log's bytes from ``offset`` on, and the offset to ask for next time (to follow a growing log)."""
+        response = self._get(f"sessions/{_segment(session_uuid)}/logs", {"stream": stream, "offset": offset})
+        data = response.content
+        return data, int(response.headers.get("x-log-size", offset + len(data)))
+
     def files(self, session_uuid: str) -> list[Json]:
         found = self._json(self._get(f"sessions/{_segment(session_uuid)}/files")).get("files")
         return [item for item in found if isinstance(item, dict)] if isinstance(found, list) else []

@@ -451,24 +451,26 @@ def logs(
 def _follow(
     client: BrokerClient, session_uuid: str, stream: str, tail: int | None, interval: float, out: IO[str]
 ) -> None:
-    # The API has no offset parameter, so each poll reads the whole log and prints what is past the part
-    # already shown. While the session runs only whole lines are printed, so a line (or a multi-byte
-    # character) caught half-written is never shown twice or garbled.
-    shown = 0
+    # Each poll asks only for the bytes past what was read. While the session runs only whole lines are
+    # printed, so a line (or a multi-byte character) caught half-written is never shown twice or garbled.
+    offset = 0
+    pending = b""
     first = True
     while True:
         phase = client.session(session_uuid).get("phase")
         ended = phase in render.TERMINAL
-        # Read after the phase: once it is terminal the log read next is complete.
-        text = client.logs(session_uuid, stream)
-        upto = len(text) if ended else text.rfind("\n") + 1
-        if first and tail is not None:
-            shown = len("".join(text[:upto].splitlines(keepends=True)[:-tail]))
-        first = False
-        if upto > shown:
-            out.write(text[shown:upto])
+        # Read after the phase: once it is terminal the part read next is the end of the log.
+        data, offset = client.log_part(session_uuid, stream, offset)
+        pending += data
+        upto = len(pending) if ended else pending.rfind(b"\n") + 1
+        if upto:
+            lines = pending[:upto].splitlines(keepends=True)
+            if first and tail is not None:
+                lines = lines[-tail:]
+            out.write(b"".join(lines).decode("utf-8", errors="replace"))
             out.flush()
-            shown = upto
+            pending = pending[upto:]
+            first = False
         if ended:
             return
         time.sleep(interval)
