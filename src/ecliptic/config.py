@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import tomllib
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
 import platformdirs
-from pydantic import BeforeValidator, Field, PlainSerializer
+from pydantic import BeforeValidator, Field, PlainSerializer, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -132,6 +133,28 @@ def disk_free_gib(path: Path) -> int:
     return shutil.disk_usage(probe).free // 2**30
 
 
+class SettingsError(Exception):
+    """Settings that cannot be used, with which variable or file key is wrong and how."""
+
+
+def load_settings() -> Settings:
+    """Settings from the environment and ``ecliptic.toml``; :class:`SettingsError` names what is wrong."""
+    toml_file = os.environ.get("ECLIPTIC_CONFIG", "ecliptic.toml")
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False):
+            field = ".".join(str(part) for part in error["loc"])
+            variable = f"ECLIPTIC_{field.upper()}"
+            problems.append(
+                f"{variable} (or {field} in {toml_file}): {error['msg'].removeprefix('Value error, ')}"
+            )
+        raise SettingsError("; ".join(problems)) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{toml_file} is not valid TOML: {exc}") from exc
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()

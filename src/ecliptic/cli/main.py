@@ -10,6 +10,7 @@ import typer
 
 from ecliptic import __version__
 from ecliptic.cli import client
+from ecliptic.config import Settings, SettingsError, get_settings
 
 app = typer.Typer(
     name="ecliptic",
@@ -38,6 +39,18 @@ def main(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:
+        # Their INFO lines (every migration step, every HTTP request of a client command) are noise here.
+        for noisy in ("alembic", "httpx", "httpcore"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(2) from exc
 
 
 @app.command()
@@ -51,7 +64,7 @@ def serve(
 
     from ecliptic.app import create_app
 
-    application = create_app(run_workers=workers)
+    application = create_app(_settings(), run_workers=workers)
     settings = application.state.services.settings
     typer.echo(
         f"Ecliptic {__version__} on http://{host}:{port}/ — store {application.state.services.db.engine.url!r}, "
@@ -65,7 +78,7 @@ def worker() -> None:
     """Run engine workers only (scale out: several of these on one PostgreSQL)."""
     from ecliptic.app import build_services
 
-    services = build_services()
+    services = build_services(_settings())
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -78,9 +91,8 @@ def worker() -> None:
 @app.command()
 def migrate() -> None:
     """Bring the store to the newest schema (serve and worker do this too)."""
-    from ecliptic.config import get_settings
     from ecliptic.store import Database, upgrade
 
-    db = Database(get_settings().resolved_database_url())
+    db = Database(_settings().resolved_database_url())
     upgrade(db)
     typer.echo(f"Store {db.engine.url!r} is up to date")
