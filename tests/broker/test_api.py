@@ -380,3 +380,14 @@ def test_a_client_may_fail_a_running_session_with_a_reason(http: httpx.Client) -
     final = wait_for_component(http, uuid, "compute", "FAILED")
     assert any("the input was wrong" in m["message"] for m in final["meta"]["messages"])
     assert http.get("sessions/00000000-0000-4000-8000-000000000000/history").status_code == 404
+
+
+def test_a_past_window_among_open_ones_is_passed_over_with_a_warning(http: httpx.Client) -> None:
+    later = format_instant(datetime.now(UTC) + timedelta(hours=2))
+    body = command_request("true")
+    body["schedule"]["requested"]["start"] = ["2020-01-01/PT1H", f"{later}/PT1H"]
+    offerset = offers(http, body).json()
+    assert offerset["result"] == "YES"
+    warning = [m for m in offerset["meta"]["messages"] if m["kind"] == "urn:start-in-past"]
+    assert warning and warning[0]["level"] == "WARN" and "2020-01-01" in warning[0]["message"]
+    assert warning[0]["values"]["path"] == "schedule.requested.start.0"

@@ -273,6 +273,7 @@ class _Validator:
             else:
                 if duration <= timedelta(0):
                     self.bad(("schedule", "requested", "duration"), "the duration must be longer than zero")
+        past: list[Message] = []
         raw_starts = requested.start
         if isinstance(raw_starts, str):
             raw_starts = [raw_starts]
@@ -286,16 +287,24 @@ class _Validator:
                 self.bad(loc, str(exc))
                 continue
             if interval.end < self.defaults.now:
-                self.refuse(
-                    "urn:start-in-past",
-                    "The requested start {interval} (at {path}) is over: it ended at {end}, and it is now {now}",
-                    interval=text,
-                    path=".".join(map(str, loc)),
-                    end=format_instant(interval.end),
-                    now=format_instant(self.defaults.now),
+                past.append(
+                    messages.make(
+                        "urn:start-in-past",
+                        "ERROR",
+                        "The requested start {interval} (at {path}) is over: it ended at {end}, and it is now {now}",
+                        interval=text,
+                        path=".".join(map(str, loc)),
+                        end=format_instant(interval.end),
+                        now=format_instant(self.defaults.now),
+                    )
                 )
                 continue
             starts.append(interval)
+        if past and not starts:
+            self.refusals.extend(past)  # nothing left to offer in
+        else:
+            # Other windows are still open: offer in those, and say which ones were passed over.
+            self.notes.extend(message.model_copy(update={"level": "WARN"}) for message in past)
         return starts, duration
 
     # -- whole request ---------------------------------------------------------------------------------------
@@ -306,10 +315,6 @@ class _Validator:
         storage = self.storage()
         data = self.data()
         starts, duration = self.schedule()
-        if self.request.schedule and self.request.schedule.requested:
-            requested = self.request.schedule.requested
-            if requested.start is not None and not starts and not self.errors and not self.refusals:
-                self.refuse("urn:start-in-past", "None of the requested start intervals is still open")
 
         storage_plans = [plan for plan, _ in storage]
         total_storage = sum(size for _, size in storage)
