@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections import Counter
+from pathlib import Path
 
 import httpx
 
 from tests.broker.requests import accept, command_request
+from tests.broker.waiting import wait_for_component
 from tests.conftest import LiveServer
 
 ROUNDS = 100
@@ -53,3 +57,34 @@ def test_two_clients_accepting_sibling_offers(server: LiveServer) -> None:
             assert sorted(_race(server.url, [first, second])) == [200, 409]
             phases = sorted(http.get(f"sessions/{u}").json()["phase"] for u in (first, second))
             assert phases == ["ACCEPTED", "REJECTED"] or phases == ["REJECTED", "WAITING"]
+
+
+def test_cancel_racing_the_reconcile_loop_always_wins(server: LiveServer, tmp_path: Path) -> None:
+    """Cancel right after accept, while workers are preparing and launching: every session ends CANCELLED,
+    nothing keeps running and no capacity stays held (a lost update would leave one PREPARING or AVAILABLE)."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    uuids = []
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        for _ in range(30):
+            body = command_request(
+                "sh", "-c", f"echo $$ > {pids}/$ECLIPTIC_SESSION; exec sleep 300", duration="PT10M"
+            )
+            uuid = http.post("requests", json=body).json()["offers"][0]["meta"]["uuid"]
+            assert http.post(f"sessions/{uuid}", json=accept()).status_code == 200
+            assert http.post(f"sessions/{uuid}", json=accept("CANCELLED")).status_code == 200
+            uuids.append(uuid)
+        for uuid in uuids:
+            wait_for_component(http, uuid, "compute", "CANCELLED")
+            assert http.get(f"sessions/{uuid}").json()["phase"] == "CANCELLED"
+    assert server.broker.capacity_in_use() == []
+    for pid_file in pids.iterdir():
+        pid = int(pid_file.read_text())
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"session {pid_file.name} still runs pid {pid}")
