@@ -108,3 +108,9 @@ def test_capacity_picture(ui_server: LiveServer, page: Any, tmp_path: Path) -> N
     assert "capacity: 8 cores" in (svg.text_content() or "")
     assert "bookings held" in page.inner_text("main")
     page.screenshot(path=str(tmp_path / "capacity.png"), full_page=True)
+
+
+def test_an_unknown_session_is_a_page_that_says_so(ui_server: LiveServer, page: Any) -> None:
+    response = page.goto(f"{ui_server.url}ui/sessions/00000000-0000-4000-8000-000000000000")
+    assert response is not None and response.status == 404
+    assert "There is no session 00000000-0000-4000-8000-000000000000" in page.inner_text("main")

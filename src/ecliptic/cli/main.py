@@ -67,8 +67,8 @@ def serve(
     application = create_app(_settings(), run_workers=workers)
     settings = application.state.services.settings
     typer.echo(
-        f"Ecliptic {__version__} on http://{host}:{port}/ — store {application.state.services.db.engine.url!r}, "
-        f"data in {settings.data_dir}"
+        f"Ecliptic {__version__} on http://{host}:{port}/ (web UI at /ui/, API docs at /docs) — "
+        f"store {application.state.services.db.engine.url!r}, data in {settings.data_dir}"
     )
     uvicorn.run(application, host=host, port=port, log_level="warning", proxy_headers=True)
 

@@ -14,7 +14,7 @@ from jinja2 import StrictUndefined
 from ecliptic.broker import views
 from ecliptic.broker.calendar import Hold, Resources
 from ecliptic.broker.phases import TERMINAL, SessionPhase
-from ecliptic.broker.service import Broker
+from ecliptic.broker.service import Broker, NotFound
 from ecliptic.isotime import format_duration, format_instant, utcnow
 from ecliptic.web.charts import capacity_svg
 
@@ -74,7 +74,12 @@ def build_router() -> APIRouter:
     @router.get("/sessions/{uuid}", response_class=HTMLResponse)
     async def session(request: Request, uuid: str, fragment: bool = False) -> Response:
         broker = _broker(request)
-        row = await asyncio.to_thread(broker.session, uuid)
+        try:
+            row = await asyncio.to_thread(broker.session, uuid)
+        except NotFound:
+            return templates.TemplateResponse(
+                request, "not_found.html", {"message": f"There is no session {uuid}."}, status_code=404
+            )
         wire = views.session_out(row, str(request.base_url))
         stdout = await asyncio.to_thread(_tail, broker.workdir(uuid) / "logs" / "stdout.txt")
         stderr = await asyncio.to_thread(_tail, broker.workdir(uuid) / "logs" / "stderr.txt")
