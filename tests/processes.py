@@ -14,6 +14,23 @@ import httpx
 from tests.conftest import free_port
 
 
+def gone(pid: int) -> bool:
+    """No such process, or only its zombie (``kill(pid, 0)`` would still call a zombie alive)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def wait_until_gone(pid: int, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not gone(pid):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} (pid {pid}) is still running")
+        time.sleep(0.1)
+
+
 class ServerProcess:
     def __init__(self, data_dir: Path, database_url: str, log: Path, **env: str) -> None:
         self.port = free_port()

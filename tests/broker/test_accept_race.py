@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import httpx
 from tests.broker.requests import accept, command_request
 from tests.broker.waiting import wait_for_component
 from tests.conftest import LiveServer
+from tests.processes import wait_until_gone
 
 ROUNDS = 100
 
@@ -79,12 +78,4 @@ def test_cancel_racing_the_reconcile_loop_always_wins(server: LiveServer, tmp_pa
             assert http.get(f"sessions/{uuid}").json()["phase"] == "CANCELLED"
     assert server.broker.capacity_in_use() == []
     for pid_file in pids.iterdir():
-        pid = int(pid_file.read_text())
-        for _ in range(100):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError(f"session {pid_file.name} still runs pid {pid}")
+        wait_until_gone(int(pid_file.read_text()), f"the command of session {pid_file.name}")

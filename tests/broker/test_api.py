@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +15,7 @@ from ecliptic.isotime import format_instant, parse_instant
 from tests.broker.requests import accept, command_request
 from tests.broker.waiting import wait_for_component, wait_for_phase
 from tests.conftest import LiveServer
+from tests.processes import wait_until_gone
 
 
 def offers(http: httpx.Client, body: dict, **kwargs: object) -> httpx.Response:
@@ -311,14 +311,7 @@ def test_cancel_really_stops_the_work(http: httpx.Client, server: LiveServer, tm
     pid = int(marker.read_text())
     cancelled = http.post(f"sessions/{uuid}", json=accept("CANCELLED"))
     assert cancelled.status_code == 200 and cancelled.json()["phase"] == "CANCELLED"
-    for _ in range(300):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("the cancelled session's process is still running")
+    wait_until_gone(pid, "the cancelled session's process")
     final = wait_for_component(http, uuid, "compute", "CANCELLED")
     cancelled_note = [m for m in final["meta"]["messages"] if m["kind"] == "urn:ecliptic:session-cancelled"]
     assert cancelled_note and "cancelled by the client" in cancelled_note[0]["message"]

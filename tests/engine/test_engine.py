@@ -34,6 +34,10 @@ def test_schedule_is_one_item_per_kind_and_subject(database_url: str) -> None:
         assert len(items) == 1
         assert items[0].due_at == now + timedelta(minutes=1)  # the earliest wins
         assert items[0].generation == 2
+    with db.write() as s:
+        engine.cancel(s, "k", "a")
+    with db.read() as s:
+        assert engine.pending(s) == 0
 
 
 def test_claim_runs_due_items_only_and_deletes_when_done(database_url: str) -> None:

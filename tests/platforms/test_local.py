@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.processes import gone
 
 from ecliptic.isotime import utcnow
 from ecliptic.platforms.base import Capacity, LaunchSpec, RunState, RunStatus
@@ -74,14 +75,6 @@ def supervisor_record(workdir: Path) -> dict[str, Any]:
     wait_for(lambda: path.exists() and "child_pid" in json.loads(path.read_text()), "the command to start")
     record: dict[str, Any] = json.loads(path.read_text())
     return record
-
-
-def gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def test_info(platform: LocalPlatform) -> None:

@@ -26,7 +26,7 @@ from ecliptic.broker.phases import COMPONENT_TERMINAL, ComponentPhase, SessionPh
 from ecliptic.broker.service import Broker
 from ecliptic.engine import Again, Done, Job, Outcome
 from ecliptic.isotime import utcnow
-from ecliptic.platforms.base import LaunchSpec, RunState
+from ecliptic.platforms.base import LaunchSpec, Platform, RunState
 from ecliptic.staging import StagingError, filename_for, stage
 from ecliptic.store.tables import ComponentRow, OfferSetRow, SessionRow
 
@@ -114,7 +114,8 @@ class SessionAdvancer:
                 handle = dict(compute.state.get("handle") or {}) if compute else {}
                 launched = bool(compute and compute.state.get("launching"))
                 reason = row.reason or phase.value.lower()
-                action = lambda: self._stop(session_uuid, handle, launched, reason)  # noqa: E731
+                platform = self.broker.platforms[row.platform]
+                action = lambda: self._stop(session_uuid, platform, handle, launched, reason)  # noqa: E731
             elif phase in (SessionPhase.ACCEPTED, SessionPhase.WAITING):
                 if now < row.prepare_start:
                     lifecycle.set_phase(
@@ -135,7 +136,8 @@ class SessionAdvancer:
                 assert compute is not None
                 handle = dict(compute.state.get("handle") or {})
                 polls = int(compute.state.get("polls", 0))
-                action = lambda: self._poll(session_uuid, handle, polls)  # noqa: E731
+                platform = self.broker.platforms[row.platform]
+                action = lambda: self._poll(session_uuid, platform, handle, polls)  # noqa: E731
             elif phase == SessionPhase.RELEASING:
                 self._finish(
                     session,
@@ -196,7 +198,8 @@ class SessionAdvancer:
                 component.state = {**component.state, "launching": now.isoformat()}
                 launch = self._launch_spec(row, workdir)
                 uid = row.uuid
-                return lambda: self._launch(uid, launch)
+                platform = self.broker.platforms[row.platform]
+                return lambda: self._launch(uid, platform, launch)
         # Everything is in place (a launch was recorded but the session's own change was not): catch up.
         lifecycle.set_phase(session, row, SessionPhase.AVAILABLE, now, "the executable is running")
         return None
@@ -289,8 +292,7 @@ class SessionAdvancer:
             component.state = {**component.state, "staging_attempts": attempts}
             return attempts
 
-    def _launch(self, session_uuid: str, spec: LaunchSpec) -> Step:
-        platform = self._platform(session_uuid)
+    def _launch(self, session_uuid: str, platform: Platform, spec: LaunchSpec) -> Step:
         handle = platform.launch(spec)
         now = utcnow()
         with self.db.write() as session:
@@ -305,15 +307,7 @@ class SessionAdvancer:
                 lifecycle.set_phase(session, row, SessionPhase.AVAILABLE, now, "the executable is running")
         return Again(now + poll_delay(0))
 
-    def _platform(self, session_uuid: str) -> Any:
-        with self.db.read() as session:
-            row = session.get(SessionRow, session_uuid)
-            assert row is not None
-            return self.broker.platforms[row.platform]
-
-    # -- running ---------------------------------------------------------------------------------------------
-    def _poll(self, session_uuid: str, handle: dict[str, Any], polls: int) -> Step:
-        platform = self._platform(session_uuid)
+    def _poll(self, session_uuid: str, platform: Platform, handle: dict[str, Any], polls: int) -> Step:
         workdir = self.broker.workdir(session_uuid)
         status = platform.poll(workdir, handle)
         now = utcnow()
@@ -355,9 +349,11 @@ class SessionAdvancer:
         lifecycle.set_phase(session, row, SessionPhase.FAILED, now, reason, **values)
         return None  # the next step stops whatever runs and frees the capacity
 
-    def _stop(self, session_uuid: str, handle: dict[str, Any], launched: bool, reason: str) -> Step:
+    def _stop(
+        self, session_uuid: str, platform: Platform, handle: dict[str, Any], launched: bool, reason: str
+    ) -> Step:
         if launched:
-            self._platform(session_uuid).stop(self.broker.workdir(session_uuid), handle, reason)
+            platform.stop(self.broker.workdir(session_uuid), handle, reason)
         now = utcnow()
         with self.db.write() as session:
             row = lifecycle.locked(session, session_uuid)

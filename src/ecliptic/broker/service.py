@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -36,6 +36,13 @@ from ecliptic.store.tables import (
 
 class NotFound(Exception):
     pass
+
+
+Row = TypeVar("Row", OfferSetRow, SessionRow)
+
+
+def _expired_offer(row: SessionRow) -> bool:
+    return row.phase == SessionPhase.OFFERED and row.expires is not None and row.expires <= utcnow()
 
 
 @dataclass
@@ -277,20 +284,35 @@ class Broker:
 
     # -- reads -----------------------------------------------------------------------------------------------
     def offerset(self, offerset_uuid: str) -> OfferSetRow:
-        self._expire_due(offerset_uuid=offerset_uuid)
-        with self.db.read() as session:
-            row = session.get(OfferSetRow, offerset_uuid)
-            if row is None:
-                raise NotFound(f"no offer set {offerset_uuid}")
-            return row
+        row = self._get(OfferSetRow, offerset_uuid, "offer set")
+        due = [offer.uuid for offer in row.sessions if _expired_offer(offer)]
+        if due:
+            self._expire(due)
+            row = self._get(OfferSetRow, offerset_uuid, "offer set")
+        return row
 
     def session(self, session_uuid: str) -> SessionRow:
-        self._expire_due(session_uuid=session_uuid)
+        row = self._get(SessionRow, session_uuid, "session")
+        if _expired_offer(row):
+            self._expire([session_uuid])
+            row = self._get(SessionRow, session_uuid, "session")
+        return row
+
+    def _get(self, entity: type[Row], key: str, what: str) -> Row:
         with self.db.read() as session:
-            row = session.get(SessionRow, session_uuid)
+            row = session.get(entity, key)
             if row is None:
-                raise NotFound(f"no session {session_uuid}")
+                raise NotFound(f"no {what} {key}")
             return row
+
+    def _expire(self, session_uuids: list[str]) -> None:
+        """Reads never show an offer as OFFERED after it expired, even before the engine gets to it."""
+        now = utcnow()
+        with self.db.write() as session:
+            for uid in session_uuids:
+                row = lifecycle.locked(session, uid, with_offerset=True)
+                if row is not None:
+                    lifecycle.expire_if_due(session, row, now)
 
     def sessions(self, phase: str | None = None, limit: int = 100) -> list[SessionRow]:
         with self.db.read() as session:
@@ -319,26 +341,6 @@ class Broker:
             row = session.get(SessionRow, component.session_uuid)
             assert row is not None
             return row, component
-
-    def _expire_due(self, *, offerset_uuid: str | None = None, session_uuid: str | None = None) -> None:
-        """Reads never show an offer as OFFERED after it expired, even before the engine gets to it."""
-        now = utcnow()
-        with self.db.read() as session:
-            query = select(SessionRow.uuid).where(
-                SessionRow.phase == SessionPhase.OFFERED, SessionRow.expires <= now
-            )
-            if offerset_uuid is not None:
-                query = query.where(SessionRow.offerset_uuid == offerset_uuid)
-            if session_uuid is not None:
-                query = query.where(SessionRow.uuid == session_uuid)
-            due = list(session.scalars(query).all())
-        if not due:
-            return
-        with self.db.write() as session:
-            for uid in due:
-                row = lifecycle.locked(session, uid, with_offerset=True)
-                if row is not None:
-                    lifecycle.expire_if_due(session, row, now)
 
     # -- updates ---------------------------------------------------------------------------------------------
     def update(
