@@ -25,6 +25,7 @@ from ecliptic.http import errors
 from ecliptic.http.negotiation import negotiated, render
 from ecliptic.platforms.base import Capacity, Platform
 from ecliptic.platforms.local import LocalPlatform
+from ecliptic.schedule.assembly import SchedulerParts, build_scheduler
 from ecliptic.store import Database, upgrade
 from ecliptic.web import routes as web_routes
 
@@ -37,6 +38,17 @@ class Services:
     db: Database
     broker: Broker
     worker: Worker
+    scheduler: SchedulerParts
+
+    def start(self) -> None:
+        self.worker.start()
+        if self.settings.scheduler:
+            self.scheduler.start()
+
+    def stop(self) -> None:
+        if self.settings.scheduler:
+            self.scheduler.stop()
+        self.worker.stop()
 
 
 def build_platforms(settings: Settings) -> dict[str, Platform]:
@@ -73,7 +85,8 @@ def build_services(settings: Settings | None = None) -> Services:
         db, handlers(broker), threads=settings.workers, lease=settings.lease, idle_poll=settings.idle_poll
     )
     worker_box.append(worker)
-    return Services(settings, db, broker, worker)
+    scheduler = build_scheduler(db, settings)
+    return Services(settings, db, broker, worker, scheduler)
 
 
 def create_app(settings: Settings | None = None, *, run_workers: bool = True) -> FastAPI:
@@ -82,12 +95,12 @@ def create_app(settings: Settings | None = None, *, run_workers: bool = True) ->
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if run_workers:
-            services.worker.start()
+            services.start()
         try:
             yield
         finally:
             if run_workers:
-                services.worker.stop()
+                services.stop()
             services.db.dispose()
 
     app = FastAPI(

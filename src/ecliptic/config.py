@@ -100,6 +100,27 @@ class Settings(BaseSettings):
         "client could otherwise copy any file the broker can read into its session and download it).",
     )
 
+    scheduler: bool = Field(
+        default=True, description="Run a scheduler instance in serve and worker processes."
+    )
+    scheduler_tick: IsoDuration = Field(
+        default=timedelta(milliseconds=100),
+        description="How often a scheduler looks for changes made by other processes.",
+    )
+    scheduler_lookahead: IsoDuration = Field(
+        default=timedelta(seconds=1), description="How far ahead fire times become run rows."
+    )
+    scheduler_lease: IsoDuration = Field(
+        default=timedelta(seconds=15),
+        description="How long a scheduler's hold on its schedules outlives its last heartbeat.",
+    )
+    run_retention: IsoDuration = Field(default=timedelta(days=30), description="Keep finished runs so long.")
+    broker_url: str | None = Field(
+        default=None,
+        description="The broker that broker-request jobs go to; default: this service (serve) or "
+        "http://127.0.0.1:8080.",
+    )
+
     compat_silent_updates: bool = Field(
         default=False,
         description="Answer an illegal phase update with 200 and the unchanged session, as Calycopis does.",
@@ -119,6 +140,10 @@ class Settings(BaseSettings):
     @property
     def sessions_dir(self) -> Path:
         return self.data_dir / "sessions"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
 
     def resolved_database_url(self) -> str:
         if self.database_url:

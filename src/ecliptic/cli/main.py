@@ -75,17 +75,17 @@ def serve(
 
 @app.command()
 def worker() -> None:
-    """Run engine workers only (scale out: several of these on one PostgreSQL)."""
+    """Run engine workers and a scheduler instance, no HTTP (scale out: several on one PostgreSQL)."""
     from ecliptic.app import build_services
 
     services = build_services(_settings())
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    services.worker.start()
+    services.start()
     typer.echo(f"Ecliptic worker {services.worker.owner} on {services.db.engine.url!r}; Ctrl-C to stop")
     stop.wait()
-    services.worker.stop()
+    services.stop()
 
 
 @app.command()

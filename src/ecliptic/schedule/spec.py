@@ -542,7 +542,7 @@ class ScheduleSpec(_Strict):
 # -- runs ---------------------------------------------------------------------------------------------------
 
 Outcome = Literal["succeeded", "failed", "timed_out", "missed", "skipped", "cancelled", "interrupted"]
-RunState = Literal["scheduled", "running"] | Outcome
+RunState = Literal["scheduled", "running", "cancelling"] | Outcome
 OUTCOMES: frozenset[str] = frozenset(
     ("succeeded", "failed", "timed_out", "missed", "skipped", "cancelled", "interrupted")
 )

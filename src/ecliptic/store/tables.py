@@ -164,3 +164,110 @@ class WorkItem(Base):
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     payload: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+# -- scheduler ----------------------------------------------------------------------------------------------
+
+_RunId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class NamespaceRow(Base):
+    """A namespace of schedules, with where it came from (host, user, file, author)."""
+
+    __tablename__ = "namespaces"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    ephemeral: Mapped[bool] = mapped_column(default=False)
+    origin: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
+    created: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ScheduleRow(Base):
+    """A schedule: its spec (JSON, never pickle), its next fire time, and which scheduler instance owns it.
+
+    ``attention_at`` is the earliest moment the schedule needs an owner (its next fire, or a run waiting to
+    start): instances claim unowned schedules by it. ``changed_at`` tells the owner to reload.
+    """
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        UniqueConstraint("namespace", "name", name="uq_schedules_namespace_name"),
+        Index("ix_schedules_attention", "attention_at"),
+        Index("ix_schedules_owner_changed", "owner", "changed_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    namespace: Mapped[str] = mapped_column(ForeignKey("namespaces.name"))
+    name: Mapped[str] = mapped_column(String(128))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
+    paused: Mapped[bool] = mapped_column(default=False)
+    deleted: Mapped[bool] = mapped_column(default=False)
+    next_fire_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    attention_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    fires: Mapped[int] = mapped_column(Integer, default=0)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated: Mapped[datetime] = mapped_column(UTCDateTime())
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    owner: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_outcome: Mapped[str | None] = mapped_column(String(16))
+    origin: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
+
+
+class RunRow(Base):
+    """One run of a schedule: identified by (schedule, scheduled time, attempt), so nothing fires twice."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        UniqueConstraint("schedule_id", "scheduled_at", "attempt", name="uq_runs_schedule_time_attempt"),
+        Index("ix_runs_schedule", "schedule_id", "id"),
+        Index("ix_runs_open", "state", "due_at"),
+        Index("ix_runs_changed", "changed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(_RunId, primary_key=True, autoincrement=True)
+    schedule_id: Mapped[str] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"))
+    scheduled_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    cause: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    owner: Mapped[str | None] = mapped_column(String(128))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    stdout_tail: Mapped[str | None] = mapped_column(Text)
+    stderr_tail: Mapped[str | None] = mapped_column(Text)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    process: Mapped[str | None] = mapped_column(String(64))
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SchedulerInstanceRow(Base):
+    """A running scheduler process, kept alive by its heartbeat; its schedules' leases lapse when it stops."""
+
+    __tablename__ = "scheduler_instances"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(String(256))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AuditRow(Base):
+    """Who changed which schedule, when, and how."""
+
+    __tablename__ = "schedule_audit"
+    __table_args__ = (Index("ix_schedule_audit_namespace", "namespace", "id"),)
+
+    id: Mapped[int] = mapped_column(_RunId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(256))
+    action: Mapped[str] = mapped_column(String(32))
+    namespace: Mapped[str] = mapped_column(String(128))
+    schedule: Mapped[str | None] = mapped_column(String(128))
+    schedule_id: Mapped[str | None] = mapped_column(String(36))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
