@@ -193,7 +193,8 @@ class _Writer:
                 run_id = values["id"]
                 merged = run_updates.setdefault(run_id, {"id": run_id})
                 merged.update(values)
-                events.append(("finished" if values.get("state") in _TERMINAL else "started", run_id))
+                if "state" in values:
+                    events.append(("finished" if values["state"] in _TERMINAL else "started", run_id))
             elif op == "insert":
                 inserts.append((values, after))
             elif op == "schedule":
@@ -212,8 +213,9 @@ class _Writer:
                     .values({c: bindparam(f"b_{c}") for c in columns})
                 )
                 session.connection().execute(stmt, [{f"b_{k}": v for k, v in row.items()} for row in rows])
-            for values in schedule_updates.values():
-                schedule_id = values.pop("id")
+            for schedule_id in sorted(schedule_updates):  # one lock order with the planner's
+                values = schedule_updates[schedule_id]
+                values.pop("id")
                 session.execute(update(ScheduleRow).where(ScheduleRow.id == schedule_id).values(**values))
             ids: list[int] = []
             if inserts:
@@ -352,9 +354,9 @@ class SchedulerInstance:
         mono = time.monotonic()
         if mono - self._last_renew >= self.settings.heartbeat.total_seconds():
             self._renew()
+            self._reap_dead_instances()
         if mono - self._last_housekeeping >= 10:
             self._last_housekeeping = mono
-            self._reap_dead_instances()
             self._housekeeping()
         self._reload_changed()
         self._claim()
@@ -536,7 +538,19 @@ class SchedulerInstance:
             ).all()
             adopted: dict[str, list[RunRow]] = {sid: [] for sid in by_id}
             for run in open_runs:
-                if run.state != "scheduled" or (run.owner is not None and run.due_at <= now):
+                grace = ScheduleSpec.model_validate(by_id[run.schedule_id].spec).catchup.grace
+                if (
+                    run.state == "scheduled"
+                    and run.owner is None
+                    and run.cause == "schedule"
+                    and run.due_at < now - grace
+                ):
+                    # Planned before a clean hand-over and not run since: a fire time nobody was there for.
+                    run.state = "missed"
+                    run.ended_at = now
+                    run.error = "missed: no scheduler was running"
+                    run.changed_at = now
+                elif run.state != "scheduled" or (run.owner is not None and run.due_at <= now):
                     # It may have started under its old owner: never start it again, let the policy decide.
                     run.state = "interrupted"
                     run.ended_at = now
@@ -683,7 +697,11 @@ class SchedulerInstance:
         self._timer_wake.set()
 
     def _versions(self, session: Session, ids: list[str]) -> dict[str, tuple[int, str | None]]:
-        query = select(ScheduleRow.id, ScheduleRow.version, ScheduleRow.owner).where(ScheduleRow.id.in_(ids))
+        query = (
+            select(ScheduleRow.id, ScheduleRow.version, ScheduleRow.owner)
+            .where(ScheduleRow.id.in_(ids))
+            .order_by(ScheduleRow.id)
+        )
         if self.db.is_postgres:
             query = query.with_for_update()
         return {sid: (version, owner) for sid, version, owner in session.execute(query).all()}
@@ -746,8 +764,6 @@ class SchedulerInstance:
             nxt = o.compiled.next_after(max(now, cursor)) if not o.fixed_delay else now
             if o.fixed_delay:
                 nxt = None if chosen else now
-                if chosen:
-                    limit_reached = False
         planned = 0
         while (
             nxt is not None
@@ -891,11 +907,12 @@ class SchedulerInstance:
             result = runners.execute(owned.spec, context, callable_override=override)
             state: str = result.outcome
             error, exit_code = result.error, result.exit_code
-            stdout, stderr, ended = result.stdout_tail, result.stderr_tail, result.ended_at
+            stdout, stderr = result.stdout_tail, result.stderr_tail
         except Exception as exc:  # a runner bug must not lose the run
             log.exception("run %d failed inside the runner", active.planned.run_id)
             state, error, exit_code, stdout, stderr = "failed", f"{type(exc).__name__}: {exc}", None, "", ""
-            ended = self.clock.now()
+        # The instance's clock, not the runner's: fixed-delay intervals and retries count from it.
+        ended = self.clock.now()
         if state == "cancelled" and active.interrupted:
             state = "interrupted"
         self._finished(owned, active, state, error, exit_code, stdout, stderr, ended)
@@ -951,6 +968,11 @@ class SchedulerInstance:
             return
         if not active.interrupted:
             self._maybe_retry(owned, planned, ended, state)
+        with self._lock:
+            idle = not (owned.pending or owned.running or owned.queue)
+            if idle and owned.next_fire_at is None:
+                # Nothing more will happen here: no instance needs to claim this schedule after a restart.
+                self._writer.put("schedule", {"id": owned.id, "attention_at": None})
         with self._lock:
             if owned.fixed_delay and planned.cause in ("schedule", "catchup"):
                 assert isinstance(owned.spec.trigger, IntervalTrigger)

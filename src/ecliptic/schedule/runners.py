@@ -37,14 +37,9 @@ from typing import IO, Any, Literal
 from ecliptic.broker.client import BrokerClient, BrokerError, BrokerUnreachable, Format, Json
 from ecliptic.broker.phases import TERMINAL, SessionPhase
 from ecliptic.isotime import format_duration, format_instant, utcnow
+from ecliptic.platforms.supervisor import signal_group
 from ecliptic.schedule import pep723
-from ecliptic.schedule.processes import (
-    kill_orphan,
-    process_identity,
-    signal_group,
-    supervise,
-    wait_group_gone,
-)
+from ecliptic.schedule.processes import kill_orphan, process_identity, supervise, wait_group_gone
 from ecliptic.schedule.spec import (
     BrokerRunner,
     CallRunner,
@@ -148,17 +143,18 @@ def execute(
             ended_at=utcnow(),
         )
     with out, err:
-        job = _Job(spec, ctx, out, err, out_path, err_path, callable_override)
-        mark = job.mark()
+        mark = os.fstat(out.fileno()).st_size, os.fstat(err.fileno()).st_size
         try:
+            job = _Job(spec, ctx, out, err, out_path, err_path, callable_override)
             if ctx.cancel.is_set():
                 ended = _Ended("cancelled", error=f"{job.cancel_error()} (before it started)")
             else:
                 ended = _run(job, spec.run)
         except Exception as exc:  # a bug of ours: still a result, with the traceback in the run's log
-            job.write_err(traceback.format_exc())
+            err.write(traceback.format_exc().encode("utf-8", "replace"))
             ended = _Ended("failed", error=f"ecliptic could not run it: {_one_line(exc)}")
-        stdout_tail, stderr_tail = job.tails(mark, ended)
+        stdout_tail = ended.stdout_tail if ended.stdout_tail is not None else _tail(out_path, mark[0])
+        stderr_tail = ended.stderr_tail if ended.stderr_tail is not None else _tail(err_path, mark[1])
     return RunResult(
         outcome=ended.outcome,
         exit_code=ended.exit_code,
@@ -369,7 +365,7 @@ def _spawn(
     try:
         proc = subprocess.Popen(
             argv,
-            cwd=job.cwd,
+            cwd=str(job.cwd),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=job.out,
@@ -377,16 +373,16 @@ def _spawn(
             close_fds=True,
             start_new_session=True,
         )
-    except FileNotFoundError:
-        message = f"program not found: {program}"
-        job.note(message)
-        return _Ended("failed", error=message)
-    except PermissionError:
-        message = f"program not executable: {program}"
-        job.note(message)
-        return _Ended("failed", error=message)
     except OSError as exc:
-        message = f"cannot start {program}: {exc.strerror or exc}"
+        about = exc.filename if isinstance(exc.filename, str) else program
+        if about != program:  # the directory, say, rather than the program
+            message = f"cannot start {program}: {exc.strerror or exc}: {about}"
+        elif isinstance(exc, FileNotFoundError):
+            message = f"program not found: {program}"
+        elif isinstance(exc, PermissionError):
+            message = f"program not executable: {program}"
+        else:
+            message = f"cannot start {program}: {exc.strerror or exc}"
         job.note(message)
         return _Ended("failed", error=message)
 
@@ -646,17 +642,17 @@ def _call(job: _Job, runner: CallRunner) -> _Ended:
                 stdout_tail="",
                 stderr_tail="",
             )
-    exc = outcome.get("exc")
-    if exc is None:
+    raised = outcome.get("exc")
+    if raised is None:
         return _Ended("succeeded", stdout_tail="", stderr_tail="")
-    if isinstance(exc, SystemExit) and exc.code in (None, 0):
+    if isinstance(raised, SystemExit) and raised.code in (None, 0):
         return _Ended("succeeded", 0, stdout_tail="", stderr_tail="")
     trace = str(outcome.get("trace", ""))
     job.write_err(trace)
-    if isinstance(exc, SystemExit):
-        code = exc.code if isinstance(exc.code, int) else 1
+    if isinstance(raised, SystemExit):
+        code = raised.code if isinstance(raised.code, int) else 1
         return _Ended("failed", code, f"exit status {code}", stdout_tail="", stderr_tail=_clip_tail(trace))
-    return _Ended("failed", error=_one_line(exc), stdout_tail="", stderr_tail=_clip_tail(trace))
+    return _Ended("failed", error=_one_line(raised), stdout_tail="", stderr_tail=_clip_tail(trace))
 
 
 async def _awaited(awaitable: Any) -> Any:
@@ -718,6 +714,8 @@ def _broker(job: _Job, runner: BrokerRunner) -> _Ended:
             return _follow(job, client, session_uuid, session)
         except BrokerUnreachable as exc:
             job.note(str(exc))
+            if job.expired():  # the HTTP timeout was cut to what was left of the run's
+                return _Ended("timed_out", error=f"timeout {job.timeout_text()} reached: {exc}")
             return _Ended("failed", error=str(exc))
         except BrokerError as exc:
             where = f" (session {session_uuid})" if session_uuid else ""

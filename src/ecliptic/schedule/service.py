@@ -481,7 +481,7 @@ class SchedulerService:
                 due_at=max(at, now) if cause == "backfill" else at,
                 cause=cause,
                 state="scheduled",
-                owner=row.owner,
+                owner=None,  # no instance has it yet: whoever owns the schedule adopts it
                 changed_at=now,
             )
             for at in times

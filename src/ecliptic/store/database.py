@@ -17,17 +17,29 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 log = logging.getLogger(__name__)
 
 
+def _in_memory(url: str) -> bool:
+    """``sqlite://`` and ``sqlite:///:memory:``: a database that lives in one connection of this process."""
+    return make_url(url).database in (None, "", ":memory:")
+
+
 def _sqlite_engine(url: str) -> Engine:
     parsed = make_url(url)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(
-        url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=20, max_overflow=50
-    )
+    if _in_memory(url):
+        # Every connection to :memory: is a database of its own, so the threads of the process share one
+        # connection (and Database serialises all use of it, reads included).
+        engine = create_engine(
+            url, connect_args={"timeout": 60, "check_same_thread": False}, poolclass=StaticPool
+        )
+    else:
+        Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=20, max_overflow=50
+        )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -80,9 +92,11 @@ class Database:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
         self._checkpointer: _Checkpointer | None = None
+        self.in_memory = False
         if url.startswith("sqlite"):
             self.engine = _sqlite_engine(url)
-            if make_url(url).database not in (None, "", ":memory:"):
+            self.in_memory = _in_memory(url)
+            if not self.in_memory:
                 self._checkpointer = _Checkpointer(self.engine)
         else:
             # No pre-ping: it costs a round trip per transaction; a dropped connection is invalidated on first use.
@@ -93,6 +107,11 @@ class Database:
         # handler, which sleeps in steps of up to 100 ms and so wastes most of the time under contention; other
         # processes still wait through busy_timeout.
         self._write_gate: AbstractContextManager[Any] = threading.Lock() if self.is_sqlite else nullcontext()
+        self._read_gate: AbstractContextManager[Any] = nullcontext()
+        if self.in_memory:
+            # One shared connection holds one transaction at a time: readers queue with the writers. Re-entrant,
+            # so a nested unit of work fails loudly on BEGIN instead of deadlocking.
+            self._write_gate = self._read_gate = threading.RLock()
         self._reader = sessionmaker(self.engine, expire_on_commit=False)
         self._writer = sessionmaker(
             self.engine.execution_options(ecliptic_write=True), expire_on_commit=False
@@ -108,7 +127,7 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with self._reader() as session, session.begin():
+        with self._read_gate, self._reader() as session, session.begin():
             yield session
 
     @contextmanager
