@@ -25,9 +25,11 @@ from ecliptic.http import errors
 from ecliptic.http.negotiation import negotiated, render
 from ecliptic.platforms.base import Capacity, Platform
 from ecliptic.platforms.local import LocalPlatform
+from ecliptic.schedule import api as schedule_api
 from ecliptic.schedule.assembly import SchedulerParts, build_scheduler
 from ecliptic.store import Database, upgrade
 from ecliptic.web import routes as web_routes
+from ecliptic.web import schedule_routes as schedule_web_routes
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +115,11 @@ def create_app(settings: Settings | None = None, *, run_workers: bool = True) ->
     app.state.broker = services.broker
     errors.install(app)
     install_error_handlers(app)
+    schedule_api.install_error_handlers(app)
     app.include_router(build_router())
+    app.include_router(schedule_api.build_router())
     app.include_router(web_routes.build_router())
+    app.include_router(schedule_web_routes.build_router())
     app.mount("/ui/static", StaticFiles(directory=web_routes.HERE / "static"), name="ui-static")
 
     @app.get("/", include_in_schema=False)
@@ -138,7 +143,7 @@ def create_app(settings: Settings | None = None, *, run_workers: bool = True) ->
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (ExecutionRequest, PhaseUpdate):
+        for model in (ExecutionRequest, PhaseUpdate, *schedule_api.OPENAPI_MODELS):
             generated = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(generated.pop("$defs", {}))
             components[model.__name__] = generated

@@ -274,7 +274,7 @@ def test_inline_metadata_parsing(tmp_path: Path) -> None:
     )
     assert meta is not None and meta.dependencies == ["a", "b<2"] and meta.requires_python == ">=3.11"
     with pytest.raises(pep723.ScriptMetadataError, match="more than one"):
-        pep723.parse("# /// script\n# a = 1\n# ///\n# /// script\n# b = 1\n# ///\n")
+        pep723.parse("# /// script\n# a = 1\n# ///\nx = 1\n# /// script\n# b = 1\n# ///\n")
     (tmp_path / "broken.py").write_text("# /// script\n# dependencies = [\n# ///\nprint('ran')\n")
     result = run(tmp_path, {"file": "broken.py"})
     assert result.outcome == "failed" and "not valid TOML" in (result.error or "")

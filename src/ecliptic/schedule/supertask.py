@@ -491,7 +491,7 @@ def convert(
         for number, trigger in entries:
             entry_path = (*home, "on", "schedule", number)
             name = str(task_id) if number == 0 else f"{task_id}-{number + 1}"
-            names.append((name, (*home, "meta", "id")))
+            names.append((name, (*home, "meta", "id") if number == 0 else entry_path))
             label = task_meta.get("name")
             description = task_meta.get("description") or label
             data_out: dict[str, Any] = {

@@ -281,8 +281,12 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
-def _build(doc: Document, loader: _Yaml12Loader, node: yaml.Node, path: YPath, stack: set[int]) -> Any:
-    """Python data from ``node``, recording where every key and value starts."""
+def _build(
+    doc: Document, loader: _Yaml12Loader, node: yaml.Node, path: YPath, stack: set[int], checked: set[int]
+) -> Any:
+    """Python data from ``node``, recording where every key and value starts. ``stack`` holds the nodes being
+    built (an alias back into one is a cycle); ``checked`` the mappings already checked for duplicate keys
+    (an aliased mapping is built again at every alias, but merged only once)."""
     doc.values[path] = _mark(node)
     if id(node) in stack:
         raise _Stop(path, "an alias refers to a mapping or list that contains it (a cycle)")
@@ -291,13 +295,13 @@ def _build(doc: Document, loader: _Yaml12Loader, node: yaml.Node, path: YPath, s
         items = []
         for index, child in enumerate(node.value):
             doc.keys[(*path, index)] = _mark(child)
-            items.append(_build(doc, loader, child, (*path, index), stack))
+            items.append(_build(doc, loader, child, (*path, index), stack, checked))
         stack.discard(id(node))
         return items
     if isinstance(node, yaml.MappingNode) and node.tag == _MAP:
         stack.add(id(node))
         seen: dict[Any, yaml.Node] = {}
-        for key_node, _ in node.value:
+        for key_node, _ in [] if id(node) in checked else node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
             key = loader.construct_object(key_node, deep=True)
@@ -315,12 +319,13 @@ def _build(doc: Document, loader: _Yaml12Loader, node: yaml.Node, path: YPath, s
                     column=column,
                 )
             seen[key] = key_node
+        checked.add(id(node))
         loader.flatten_mapping(node)  # '<<: *anchor' merge keys
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
             doc.keys[(*path, key)] = _mark(key_node)
-            result[key] = _build(doc, loader, value_node, (*path, key), stack)
+            result[key] = _build(doc, loader, value_node, (*path, key), stack, checked)
         stack.discard(id(node))
         return result
     return loader.construct_object(node, deep=True)
@@ -333,7 +338,7 @@ class _Stop(Exception):
         self.message = message
 
 
-def _yaml_error(doc: Document, exc: yaml.YAMLError, text: str) -> None:
+def _yaml_error(doc: Document, exc: yaml.YAMLError) -> None:
     if not isinstance(exc, yaml.MarkedYAMLError):
         doc.add(None, f"not valid YAML: {exc}")
         return
@@ -372,7 +377,7 @@ def parse_document(text: str, name: str, *, json_format: bool) -> Document:
         try:
             node = loader.get_single_node()
             if node is not None:
-                _build(probe, loader, node, (), set())
+                _build(probe, loader, node, (), set(), set())
                 doc.keys, doc.values = probe.keys, probe.values
         except (yaml.YAMLError, _Stop, ValueError, TypeError):
             pass
@@ -382,9 +387,9 @@ def parse_document(text: str, name: str, *, json_format: bool) -> Document:
     loader = _Yaml12Loader(text)
     try:
         node = loader.get_single_node()
-        doc.data = None if node is None else _build(doc, loader, node, (), set())
+        doc.data = None if node is None else _build(doc, loader, node, (), set(), set())
     except yaml.YAMLError as exc:
-        _yaml_error(doc, exc, text)
+        _yaml_error(doc, exc)
     except _Stop as exc:
         doc.add(exc.path, exc.message)
     finally:
