@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 
 from ecliptic import __version__
 from ecliptic.broker.api import build_router, install_error_handlers
@@ -143,7 +144,8 @@ def create_app(settings: Settings | None = None, *, run_workers: bool = True) ->
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (ExecutionRequest, PhaseUpdate, *schedule_api.OPENAPI_MODELS):
+        models: tuple[type[BaseModel], ...] = (ExecutionRequest, PhaseUpdate, *schedule_api.OPENAPI_MODELS)
+        for model in models:
             generated = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(generated.pop("$defs", {}))
             components[model.__name__] = generated

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 
 _lock = threading.Lock()
 calls: list[tuple[str, float]] = []
-active = 0
-peak = 0
+_active: Counter[str] = Counter()
+_peak: Counter[str] = Counter()
 
 
 def mark(path: str, tag: str) -> None:
@@ -22,18 +23,22 @@ def mark(path: str, tag: str) -> None:
 
 
 def record(tag: str, seconds: float = 0.0) -> None:
-    """Record a call in this process, optionally taking a while; tracks the most calls at once."""
-    global active, peak
+    """Record a call in this process, optionally taking a while; tracks the most calls of a tag at once."""
     with _lock:
         calls.append((tag, time.time()))
-        active += 1
-        peak = max(peak, active)
+        _active[tag] += 1
+        _peak[tag] = max(_peak[tag], _active[tag])
     try:
         if seconds:
             time.sleep(seconds)
     finally:
         with _lock:
-            active -= 1
+            _active[tag] -= 1
+
+
+def peak(tag: str) -> int:
+    with _lock:
+        return _peak[tag]
 
 
 def fail(message: str = "boom") -> None:
@@ -41,8 +46,6 @@ def fail(message: str = "boom") -> None:
 
 
 def reset() -> None:
-    global active, peak
+    """Forget calls; tags must differ between tests, since calls of an earlier test may still be running."""
     with _lock:
         calls.clear()
-        active = 0
-        peak = 0

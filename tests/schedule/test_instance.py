@@ -43,10 +43,9 @@ def test_once_now_runs_a_command_and_records_its_output(h: Harness) -> None:
 
 def test_interval_at_a_fixed_rate_keeps_its_grid(h: Harness) -> None:
     h.create(spec("tick", {"every": "200ms"}, {"call": "tests.schedule.marks:record", "args": ["tick"]}))
-    runs = h.wait_finished("test/tick", 5)
-    done = [r for r in runs if r.state == "succeeded"][:5]
-    assert len(done) == 5
-    gaps = {(b.scheduled_at - a.scheduled_at) for a, b in itertools.pairwise(done)}
+    runs = h.wait_runs("test/tick", lambda rs: len([r for r in rs if r.state == "succeeded"]) >= 5)
+    # Every fire time is on the grid, whatever became of it (a busy machine may skip one).
+    gaps = {(b.scheduled_at - a.scheduled_at) for a, b in itertools.pairwise(runs)}
     assert gaps == {timedelta(milliseconds=200)}
     assert len([c for c in marks.calls if c[0] == "tick"]) >= 5
 
@@ -66,7 +65,7 @@ def test_fixed_delay_waits_for_the_previous_run(h: Harness) -> None:
         # Each run starts about 100 ms after the previous one ENDED (never while it runs).
         assert current.started_at >= previous.ended_at + timedelta(milliseconds=90)
     assert not [r for r in runs if r.state == "skipped"]
-    assert marks.peak == 1
+    assert marks.peak("watch") == 1
 
 
 def test_overlap_skip_records_skipped_runs_and_never_runs_two(h: Harness) -> None:
@@ -76,7 +75,7 @@ def test_overlap_skip_records_skipped_runs_and_never_runs_two(h: Harness) -> Non
     runs = h.wait_runs("test/slow", lambda rs: len([r for r in rs if r.state == "skipped"]) >= 3)
     skipped = [r for r in runs if r.state == "skipped"]
     assert all("still running (overlap: skip)" in (r.error or "") for r in skipped)
-    assert marks.peak == 1
+    assert marks.peak("slow") == 1
 
 
 def test_overlap_queue_runs_every_fire_one_after_another(h: Harness) -> None:
@@ -91,7 +90,7 @@ def test_overlap_queue_runs_every_fire_one_after_another(h: Harness) -> None:
     )
     runs = h.wait_finished("test/queued", 4)
     assert [r.state for r in runs] == ["succeeded"] * 4
-    assert marks.peak == 1
+    assert marks.peak("queued") == 1
     starts = [r.started_at for r in runs]
     assert starts == sorted(starts)
 
@@ -108,7 +107,7 @@ def test_overlap_allow_with_a_concurrency_limit_and_allow(h: Harness) -> None:
     )
     runs = h.wait_finished("test/two", 6)
     assert {r.state for r in runs} <= {"succeeded", "skipped"}
-    assert marks.peak == 2
+    assert marks.peak("two") == 2
 
 
 def test_overlap_replace_cancels_the_running_one(h: Harness) -> None:
@@ -218,7 +217,7 @@ def test_backfill_runs_past_fire_times_one_after_another(h: Harness) -> None:
     assert all(r.cause == "backfill" for r in queued)
     runs = h.wait_finished("test/daily", 5)
     assert [r.state for r in runs] == ["succeeded"] * 5
-    assert marks.peak == 1
+    assert marks.peak("daily") == 1
     again = h.service.backfill("test/daily", start, end, actor="test")
     assert again == []  # those fire times have runs already
 

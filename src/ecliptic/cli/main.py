@@ -9,7 +9,7 @@ import threading
 import typer
 
 from ecliptic import __version__
-from ecliptic.cli import client
+from ecliptic.cli import client, schedule
 from ecliptic.config import Settings, SettingsError, get_settings
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 client.register(app)
+schedule.register(app)
 
 
 def _version(value: bool) -> None:

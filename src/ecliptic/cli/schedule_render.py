@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from rich import box
@@ -19,8 +19,10 @@ from rich.table import Table
 from rich.text import Text
 
 from ecliptic.cli.render import span
-from ecliptic.schedule.service import NamespaceView
-from ecliptic.schedule.spec import RunView, ScheduleView
+
+if TYPE_CHECKING:  # only for annotations: importing the scheduler costs every `ecliptic` start
+    from ecliptic.schedule.service import NamespaceView
+    from ecliptic.schedule.spec import RunView, ScheduleView
 
 UTC = ZoneInfo("UTC")
 
@@ -168,9 +170,7 @@ def jobs_table(found: Iterable[ScheduleView], now: datetime) -> Table:
     return table
 
 
-def runs_table(
-    found: Iterable[RunView], zones: Mapping[str, tzinfo], *, show_job: bool = False
-) -> Table:
+def runs_table(found: Iterable[RunView], zones: Mapping[str, tzinfo], *, show_job: bool = False) -> Table:
     table = _table()
     table.add_column("run", justify="right", style="bold")
     if show_job:
@@ -228,12 +228,14 @@ def planned_table(jobs: Iterable[PlannedJob], now: datetime) -> Table:
         if not job.fires:
             table.add_row(job.name, Text(job.description), Text(job.note or "no more fires", style="dim"), "")
             continue
+        when = [relative(at, now) for at in job.fires]
+        if job.note:
+            when[0] = job.note
         table.add_row(
             job.name,
             Text(job.description),
             "\n".join(zoned(at, job.zone) for at in job.fires),
-            "\n".join(job.note or relative(at, now) for at in job.fires[:1])
-            + "".join("\n" + relative(at, now) for at in job.fires[1:]),
+            "\n".join(when),
         )
     return table
 
@@ -262,7 +264,9 @@ def outcome_line(run: RunView, *, namespace: str | None = None) -> Text:
     return line
 
 
-def status_line(running: int, next_job: str | None, next_at: datetime | None, zone: tzinfo, now: datetime) -> Spinner:
+def status_line(
+    running: int, next_job: str | None, next_at: datetime | None, zone: tzinfo, now: datetime
+) -> Spinner:
     """``2 running · next: backup at 09:00:00 CET (in 12 s)``."""
     text = Text(f"{running} running", style="bold yellow" if running else "dim")
     if next_job is not None and next_at is not None:

@@ -12,10 +12,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, get_args
 from zoneinfo import ZoneInfo
@@ -155,7 +156,32 @@ def _message(err: dict[str, Any]) -> str:
     msg = str(err.get("msg", ""))
     if err.get("type") == "extra_forbidden":
         return "unknown field"
+    if err.get("type") == "missing":
+        return "required, but missing"
     return msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+_LEADING_PATH = re.compile(r"^\s*([A-Za-z_]\w*(?:\.\w+|\[\d+\])*)[\s:]")
+_TRIGGER_FIELDS = frozenset(("once", "every", "mode", "anchor", "cron", "second", "rrule", "dtstart"))
+
+
+def _schedule_loc(msg: str) -> list[str | int]:
+    """Where a whole-schedule check (the trigger and exclusions against the zone and window) points: the field
+    its message starts with (``cron '61 * * * *': …`` → trigger.cron, ``exclude[0].cron …``, ``end is before
+    start``), else the trigger."""
+    match = _LEADING_PATH.match(msg)
+    if match:
+        parts: list[str | int] = []
+        for part in re.split(r"\.|(?=\[)", match.group(1)):
+            if part.startswith("["):
+                parts.append(int(part[1:-1]))
+            elif part:
+                parts.append(part)
+        if parts[0] in _TRIGGER_FIELDS:
+            return ["trigger", *parts]
+        if parts[0] in ScheduleSpec.model_fields:
+            return parts
+    return ["trigger"]
 
 
 def validation_details(
@@ -164,6 +190,8 @@ def validation_details(
     details = []
     for err in exc.errors(include_url=False):
         loc = _clean_loc(err.get("loc", ()))
+        if not loc and exc.title == ScheduleSpec.__name__:
+            loc = _schedule_loc(_message(dict(err)))
         if rename and loc and isinstance(loc[0], str) and loc[0] in rename:
             loc = [rename[loc[0]]]
         details.append({"loc": [*prefix, *loc], "msg": _message(dict(err)), "type": err.get("type", "")})
@@ -188,9 +216,36 @@ def parse_spec(data: Any) -> ScheduleSpec:
     """A schedule from request data; 400 naming every field that is wrong."""
     body = _mapping(data, "a schedule with name, trigger and run")
     try:
-        return ScheduleSpec.model_validate(body)
+        spec = ScheduleSpec.model_validate(body)
     except ValidationError as exc:
         raise invalid("schedule", validation_details(exc)) from exc
+    negative = list(_negative_durations(spec))
+    if negative:
+        raise invalid(
+            "schedule",
+            [{"loc": loc, "msg": "a duration cannot be negative", "type": "value_error"} for loc in negative],
+        )
+    try:
+        # What is stored must read back: a value the model takes but cannot write is refused here rather than
+        # stored and failing every later read.
+        ScheduleSpec.model_validate(spec.model_dump(mode="json", by_alias=True))
+    except ValidationError as exc:
+        raise invalid("schedule", validation_details(exc)) from exc
+    return spec
+
+
+def _negative_durations(value: Any, loc: tuple[str | int, ...] = ()) -> Iterator[list[str | int]]:
+    """Where a model holds a negative duration (the wire format cannot write one back)."""
+    if isinstance(value, timedelta):
+        if value < timedelta(0):
+            yield list(loc)
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            field = type(value).model_fields[name]
+            yield from _negative_durations(getattr(value, name), (*loc, field.alias or name))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _negative_durations(item, (*loc, index))
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -243,6 +298,10 @@ def preview_spec(data: Any) -> tuple[ScheduleSpec, int, datetime | None]:
             raise ApiError(400, "Give when or trigger, not both", loc=["when"])
         try:
             trigger = parse_when(request.when)
+        except ValidationError as exc:
+            details = validation_details(exc)
+            reason = "; ".join(str(d["msg"]) for d in details)
+            raise ApiError(400, f"Invalid when: {reason}", loc=["when"]) from exc
         except ValueError as exc:
             raise ApiError(400, f"Invalid when: {exc}", loc=["when"]) from exc
         if request.second is not None:

@@ -29,7 +29,6 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ecliptic.cli.request_file import JSON_HINTS, YAML_HINTS
 from ecliptic.schedule import namespaces
 from ecliptic.schedule.spec import (
     AnyTrigger,
@@ -46,6 +45,8 @@ from ecliptic.schedule.spec import (
     parse_run,
     parse_when,
 )
+from ecliptic.syntax_hints import JSON_HINTS, YAML_HINTS
+from ecliptic.syntax_hints import hint as _hint
 
 DEFAULT_FILE = "ecliptic.yaml"
 SUFFIXES = (".yaml", ".yml", ".json", ".py")
@@ -271,10 +272,6 @@ _OWN_YAML_HINTS = (
         "a value starting with * must be in quotes, e.g. when: '*/5 * * * *'",
     ),
 )
-
-
-def _hint(problem: str, hints: Iterable[tuple[str, str]], default: str) -> str:
-    return next((hint for key, hint in hints if key in problem), default)
 
 
 def _mark(node: yaml.Node) -> tuple[int, int]:

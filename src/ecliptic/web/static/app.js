@@ -1,17 +1,32 @@
 // Keeps pages current by re-fetching their server-rendered parts, and sends the few updates a user makes.
 "use strict";
 
+async function refreshOnce(element) {
+  try {
+    const response = await fetch(element.dataset.refresh, { headers: { Accept: "text/html" } });
+    if (!response.ok) return;
+    const html = await response.text();
+    // Expanded parts (a run's output) stay expanded across the swap.
+    const open = [...element.querySelectorAll("details[open][id]")].map((d) => d.id);
+    element.innerHTML = html;
+    for (const id of open) {
+      const details = document.getElementById(id);
+      if (details && element.contains(details)) details.open = true;
+    }
+  } catch (error) { /* the server restarts or the network blips: try again on the next tick */ }
+}
+
 function refreshLoop(element) {
-  const url = element.dataset.refresh;
   const tick = async () => {
     if (element.querySelector("[data-final]") && element.hasAttribute("data-stop-when-final")) return;
-    try {
-      const response = await fetch(url, { headers: { Accept: "text/html" } });
-      if (response.ok) element.innerHTML = await response.text();
-    } catch (error) { /* the server restarts or the network blips: try again on the next tick */ }
+    await refreshOnce(element);
     setTimeout(tick, 1000);
   };
   setTimeout(tick, 1000);
+}
+
+function refreshAll() {
+  document.querySelectorAll("[data-refresh]").forEach(refreshOnce);
 }
 
 async function changePhase(session, phase, status) {
@@ -58,8 +73,97 @@ function showOffers(offerset, target) {
   });
 }
 
+async function scheduleAction(schedule, action, status) {
+  if (action === "delete" && !window.confirm("Delete this schedule and its runs?")) return;
+  status.textContent = `${action}…`;
+  const response = await fetch(`/schedules/${schedule}${action === "delete" ? "" : `/${action}`}`, {
+    method: action === "delete" ? "DELETE" : "POST",
+    headers: { Accept: "application/json" },
+  });
+  if (response.status === 204) {
+    window.location = "/ui/schedules";
+    return;
+  }
+  const body = await response.json();
+  if (!response.ok) {
+    status.textContent = body.message;
+  } else if (action === "trigger") {
+    status.textContent = `run ${body.id} of ${body.namespace}/${body.schedule}: ${body.state}`;
+  } else {
+    status.textContent = `${body.namespace}/${body.name} ${body.paused ? "paused" : "resumed"}`;
+  }
+  refreshAll();
+}
+
+function showErrors(body, list) {
+  list.replaceChildren();
+  for (const detail of body.details || []) {
+    const item = document.createElement("li");
+    item.className = "level-error";
+    const where = document.createElement("b");
+    where.textContent = (detail.loc || []).join(".") || "schedule";
+    item.append(where, ` ${detail.msg}`);
+    list.append(item);
+  }
+}
+
+function scheduleForm(form) {
+  const status = document.getElementById("schedule-form-status");
+  const errors = document.getElementById("schedule-errors");
+  const times = document.getElementById("schedule-preview");
+  const send = async (path) => {
+    errors.replaceChildren();
+    times.replaceChildren();
+    const response = await fetch(path, {
+      method: "POST",
+      headers: { "Content-Type": "application/yaml", Accept: "application/json" },
+      body: document.getElementById("schedule-text").value,
+    });
+    const body = await response.json();
+    if (!response.ok) {
+      status.textContent = body.message;
+      status.className = "level-error";
+      showErrors(body, errors);
+      return null;
+    }
+    status.className = "muted";
+    return body;
+  };
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    status.textContent = "creating…";
+    const body = await send("/schedules");
+    if (body === null) return;
+    status.replaceChildren("created ");
+    const link = document.createElement("a");
+    link.href = `/ui/schedules/${body.id}`;
+    link.textContent = `${body.namespace}/${body.name}`;
+    status.append(link, `: ${body.description}`);
+    refreshAll();
+  });
+  document.getElementById("preview-schedule").addEventListener("click", async () => {
+    status.textContent = "previewing…";
+    const body = await send("/preview");
+    if (body === null) return;
+    status.textContent = `${body.description} (${body.timezone})`;
+    body.local.forEach((time, index) => {
+      const item = document.createElement("li");
+      item.textContent = `${time}  ·  ${body.times[index]}`;
+      times.append(item);
+    });
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-refresh]").forEach(refreshLoop);
+
+  document.addEventListener("click", async (event) => {
+    const button = event.target.closest("button.schedule-action");
+    if (!button) return;
+    await scheduleAction(button.dataset.schedule, button.dataset.action, document.getElementById("schedule-action-status"));
+  });
+  const scheduleFormElement = document.getElementById("schedule-form");
+  if (scheduleFormElement) scheduleForm(scheduleFormElement);
 
   document.addEventListener("click", async (event) => {
     const button = event.target.closest("button.action");
