@@ -139,7 +139,11 @@ class _Collect(logging.Handler):
         seen: dict[tuple[str, str, str], tuple[int, str]] = {}
         for r in records:
             key = (r.name, r.levelname, str(r.msg))
-            count, example = seen.get(key, (0, r.getMessage().splitlines()[0][:140]))
+            first = r.getMessage().splitlines()[0][:140]
+            if r.exc_info and r.exc_info[1] is not None:
+                said = " / ".join(line.strip() for line in str(r.exc_info[1]).splitlines()[:3] if line.strip())
+                first += f" [{type(r.exc_info[1]).__name__}: {said[:300]}]"
+            count, example = seen.get(key, (0, first))
             seen[key] = (count + 1, example)
         shown = [f"{n}× {name} {level}: {example}" for (name, level, _), (n, example) in seen.items()]
         return shown[:4] + ([f"… {len(shown) - 4} other kinds of message"] if len(shown) > 4 else [])
@@ -438,17 +442,20 @@ def main() -> int:
         help="PostgreSQL URL (scratch schemas are created and dropped); omit to skip PostgreSQL",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="fewer samples, rates and a shorter window (≈1 min)"
+        "--quick", action="store_true", help="50 samples, one rate (1000/s), a 2 s window: about a minute"
     )
     parser.add_argument(
         "--only", default="", help="comma-separated contenders: " + ", ".join(c.key for c in CONTENDERS)
     )
-    parser.add_argument("--samples", type=int, help="lateness samples (default 200, quick 100)")
-    parser.add_argument(
-        "--rates", help="offered fires/s, rising (default 500,2000,5000,10000; quick 500,2000)"
-    )
+    parser.add_argument("--samples", type=int, help="lateness samples (default 200, quick 50)")
+    parser.add_argument("--rates", help="offered fires/s, rising (default 500,2000,5000,10000; quick 1000)")
     parser.add_argument("--warmup", type=float, help="seconds before the window (default 2, quick 1)")
-    parser.add_argument("--window", type=float, help="seconds counted (default 10, quick 3)")
+    parser.add_argument("--window", type=float, help="seconds counted (default 10, quick 2)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        help="no new sustained run starts after this many seconds (default 270, quick 40)",
+    )
     parser.add_argument("--skip-lateness", action="store_true")
     parser.add_argument("--skip-rates", action="store_true")
     parser.add_argument("--tick", type=float, help="Ecliptic InstanceSettings.tick (s)")
@@ -456,10 +463,13 @@ def main() -> int:
     parser.add_argument("--call-threads", type=int, help="Ecliptic InstanceSettings.call_threads")
     args = parser.parse_args()
 
-    samples = args.samples or (100 if args.quick else 200)
-    rates = [int(r) for r in (args.rates or ("500,2000" if args.quick else "500,2000,5000,10000")).split(",")]
+    samples = args.samples or (50 if args.quick else 200)
+    rates = sorted(
+        int(r) for r in (args.rates or ("1000" if args.quick else "500,2000,5000,10000")).split(",")
+    )
     warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
-    window = args.window if args.window is not None else (3.0 if args.quick else 10.0)
+    window = args.window if args.window is not None else (2.0 if args.quick else 10.0)
+    budget = args.budget if args.budget is not None else (40.0 if args.quick else 270.0)
     overrides: dict[str, Any] = {}
     if args.tick is not None:
         overrides["tick"] = args.tick
@@ -497,6 +507,7 @@ def main() -> int:
     stores = Stores(tmp, args.postgres)
     lateness: dict[str, Lateness] = {}
     rate_results: list[Rate] = []
+    skipped: list[str] = []
     try:
         if not args.skip_lateness:
             console.print(f"Lateness: {samples} one-shot timers 10 ms ahead, one at a time …")
@@ -519,6 +530,9 @@ def main() -> int:
             )
             for c in contenders:
                 for rate in rates:
+                    if time.monotonic() - started > budget:
+                        skipped.append(f"{c.key} @ {rate}")
+                        continue
                     with stores.url(c.store) as url:
                         if c.family == "ecliptic":
                             r = ecliptic_sustained(url, stores.scratch(), rate, warmup, window, overrides)
@@ -580,6 +594,8 @@ def main() -> int:
         for r in rate_results:
             for note in r.notes:
                 console.print(f"  [{r.scheduler} @ {r.offered}] {note}", markup=False)
+    if skipped:
+        console.print(f"Not run, past the {budget:g} s budget (--budget): {', '.join(skipped)}", markup=False)
 
     # -- the targets
     console.print("Targets:")

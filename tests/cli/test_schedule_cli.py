@@ -6,7 +6,9 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -26,7 +28,7 @@ from ecliptic.isotime import utcnow
 from ecliptic.schedule import timetable
 from ecliptic.schedule.assembly import build_scheduler
 from ecliptic.schedule.service import NotFound, SchedulerService
-from ecliptic.schedule.spec import RunView, ScheduleSpec
+from ecliptic.schedule.spec import RunView, ScheduleSpec, parse_run, parse_when
 from ecliptic.store import Database, upgrade
 from ecliptic.store.tables import SchedulerInstanceRow
 
@@ -422,6 +424,20 @@ def runs_of(data_dir: Path, job: str) -> list[dict[str, Any]]:
     return runs
 
 
+def stored_runs(data_dir: Path, job: str) -> list[RunView]:
+    """The runs of ``job`` as the store of ``data_dir`` has them now (none while it does not exist yet)."""
+    path = data_dir / "ecliptic.sqlite"
+    if not path.exists():
+        return []
+    db = Database(f"sqlite:///{path}")
+    try:
+        return SchedulerService(db).runs(job, limit=1000)
+    except Exception:  # not migrated yet, or the schedule is not there yet
+        return []
+    finally:
+        db.dispose()
+
+
 def wait_for(predicate: Any, timeout: float = 30, what: str = "it") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -473,7 +489,7 @@ def test_a_recurring_command_runs_until_sigint(data_dir: Path) -> None:
     proc = start(data_dir, "run", "--when", "every 1s", "--", "cmd:true")
     try:
         wait_for(
-            lambda: len([r for r in runs_of(data_dir, "true") if r["state"] == "succeeded"]) >= 2,
+            lambda: len([r for r in stored_runs(data_dir, "true") if r.state == "succeeded"]) >= 2,
             what="2 runs",
         )
     finally:
@@ -486,6 +502,36 @@ def test_a_recurring_command_runs_until_sigint(data_dir: Path) -> None:
     jobs = json.loads(ecliptic(data_dir, "jobs", "--json").stdout)["jobs"]
     assert [job["name"] for job in jobs] == ["true"]
     assert jobs[0]["owner"] is None  # handed back on the way out
+
+
+def test_a_terminal_shows_the_live_status_line(data_dir: Path) -> None:
+    main, child = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ecliptic", "run", "--when", "every 1s", "--", "cmd:true"],
+        env={**env_for(data_dir), "TERM": "xterm"},
+        cwd=data_dir.parent,
+        stdout=child,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(child)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (b"succeeded" in seen and b"next: " in seen):
+            ready, _, _ = select.select([main], [], [], 0.2)
+            if ready:
+                try:
+                    seen += os.read(main, 65536)
+                except OSError:  # the process is gone
+                    break
+    finally:
+        code, _, err = stop(proc, signal.SIGINT)
+        os.close(main)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen.decode(errors="replace"))
+    assert code == 0, err
+    assert re.search(r"\d running · next: true at \d\d:\d\d:\d\d UTC \((in \d+ s|now)\)", text), text
+    assert "true  succeeded" in text
 
 
 def test_sigterm_stops_a_recurring_timetable_cleanly(data_dir: Path, tmp_path: Path) -> None:
@@ -519,7 +565,7 @@ def test_an_interrupted_once_job_exits_130(data_dir: Path) -> None:
     proc = start(data_dir, "run", "--", "cmd:sleep", "60")
     try:
         wait_for(
-            lambda: any(r["state"] == "running" for r in runs_of(data_dir, "sleep-60")), what="the start"
+            lambda: any(r.state == "running" for r in stored_runs(data_dir, "sleep-60")), what="the start"
         )
     finally:
         code, _, err = stop(proc, signal.SIGINT)
@@ -565,3 +611,46 @@ def test_a_file_run_with_when_once_and_an_ephemeral_namespace(data_dir: Path, tm
     assert len(found) == 1 and found[0]["ephemeral"] is True
     assert found[0]["origin"]["resource"] == str((tmp_path / "jobs.yaml").resolve())
     assert found[0]["schedules"] == 2
+
+
+def test_a_once_job_that_another_scheduler_owns_is_followed_to_its_end(data_dir: Path) -> None:
+    """The run is the other instance's to start; ``ecliptic run`` still streams it and exits with its status."""
+    url = f"sqlite:///{data_dir / 'ecliptic.sqlite'}"
+    data_dir.mkdir(parents=True)
+    db = Database(url)
+    upgrade(db)
+    service = SchedulerService(db)
+    greet = ScheduleSpec(
+        name="greet", namespace="shared", trigger=parse_when("once"), run=parse_run("sh:echo hi; exit 7")
+    )
+    service.create(greet)
+    other = subprocess.Popen(
+        [sys.executable, "-m", "tests.schedule.scheduler_process", url, str(data_dir)],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env_for(data_dir),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert other.stdout is not None and other.stdout.readline().startswith("ready")
+        wait_for(
+            lambda: (
+                bool(stored_runs(data_dir, "shared/greet"))
+                and stored_runs(data_dir, "shared/greet")[0].state == "failed"
+            )
+        )
+        owner = service.get("shared/greet").owner
+        assert owner is not None
+        result = ecliptic(
+            data_dir, "run", "--ns", "shared", "--name", "greet", "--command", "echo hi; exit 7"
+        )
+        assert result.returncode == 7, result.stderr
+        assert result.stdout == "hi\n"
+        assert "jobs: 1 unchanged" in result.stderr
+        runs = service.runs("shared/greet")
+        assert [(r.cause, r.state) for r in runs] == [("manual", "failed"), ("schedule", "failed")]
+        assert runs[0].owner == owner  # the other instance ran it
+    finally:
+        other.send_signal(signal.SIGTERM)
+        other.wait(timeout=PROCESS_TIMEOUT)
+        db.dispose()

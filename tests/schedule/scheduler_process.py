@@ -7,6 +7,7 @@ prints ``ready <instance id>`` once it runs, and stops cleanly on SIGTERM.
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
@@ -20,11 +21,13 @@ from ecliptic.store import Database, upgrade
 
 def main() -> None:
     url, data_dir = sys.argv[1], Path(sys.argv[2])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     settings = Settings(
         database_url=url,
         data_dir=data_dir,
         scheduler_tick=timedelta(milliseconds=50),
-        scheduler_lease=timedelta(seconds=3),
+        scheduler_lease=timedelta(seconds=10),
     )
     db = Database(url)
     upgrade(db)

@@ -423,22 +423,28 @@ class _Tail:
     err: Path
     offsets: list[int] = field(default_factory=lambda: [0, 0])
 
-    def pump(self) -> None:
-        self._copy(0, self.out, sys.stdout, typer.get_binary_stream("stdout"))
-        self._copy(1, self.err, sys.stderr, typer.get_binary_stream("stderr"))
+    def pump(self) -> bool:
+        """Copy what is new; False while neither log file exists."""
+        found = self._copy(0, self.out, sys.stdout, typer.get_binary_stream("stdout"))
+        return self._copy(1, self.err, sys.stderr, typer.get_binary_stream("stderr")) or found
 
-    def _copy(self, index: int, path: Path, text: IO[str], binary: IO[bytes]) -> None:
+    def _copy(self, index: int, path: Path, text: IO[str], binary: IO[bytes]) -> bool:
         try:
             with path.open("rb") as handle:
                 handle.seek(self.offsets[index])
                 data = handle.read()
         except OSError:
-            return  # not there yet
+            return False  # not there yet (or written on another machine)
         if data:
             self.offsets[index] += len(data)
-            text.flush()  # what was printed as text first stays first
-            binary.write(data)
-            binary.flush()
+            _write(text, binary, data)
+        return True
+
+
+def _write(text: IO[str], binary: IO[bytes], data: bytes) -> None:
+    text.flush()  # what was printed as text first stays first
+    binary.write(data)
+    binary.flush()
 
 
 class Foreground:
@@ -495,7 +501,13 @@ class Foreground:
         if run.state in OUTCOMES:
             self.reported.add(run.id)
             tail = self.tails.pop(run.id, None)
-            if tail is not None:
+            if tail is None and mine:
+                tail = self._tail(run.id)  # it ended before it was seen running
+                if not tail.pump():
+                    # Its logs are on the machine of the instance that ran it: the tails the store keeps.
+                    _write(sys.stdout, typer.get_binary_stream("stdout"), (run.stdout_tail or "").encode())
+                    _write(sys.stderr, typer.get_binary_stream("stderr"), (run.stderr_tail or "").encode())
+            elif tail is not None:
                 tail.pump()
             # Quiet once-jobs print only what they print, unless something went wrong.
             if not (self.quiet and self.once and run.state == "succeeded"):
@@ -503,9 +515,10 @@ class Foreground:
             if mine and self._final(run):
                 self.results[run.schedule_id] = run
         elif mine and run.id not in self.tails:
-            self.tails[run.id] = _Tail(
-                self.settings.runs_dir / f"{run.id}.out", self.settings.runs_dir / f"{run.id}.err"
-            )
+            self.tails[run.id] = self._tail(run.id)
+
+    def _tail(self, run_id: int) -> _Tail:
+        return _Tail(self.settings.runs_dir / f"{run_id}.out", self.settings.runs_dir / f"{run_id}.err")
 
     def _final(self, run: RunView) -> bool:
         """Whether no retry of this run will follow (the instance retries what its policy says)."""
@@ -547,13 +560,21 @@ class Foreground:
                 self._handle(run)
 
     def _refresh_next(self) -> None:
-        best: tuple[str, datetime, tzinfo] | None = None
-        for view in self.service.schedules(self.namespace):
-            if view.id not in self.ours or view.paused or view.next_fire_at is None:
-                continue
-            if best is None or view.next_fire_at < best[1]:
-                best = (view.name, view.next_fire_at, show.zone_of(view.spec.timezone))
-        self._next = best
+        """The next fire of our jobs: a planned run (the instance plans a little ahead), else the schedule's."""
+        views = {
+            view.id: view
+            for view in self.service.schedules(self.namespace)
+            if view.id in self.ours and not view.paused
+        }
+        times = [(view.next_fire_at, view) for view in views.values() if view.next_fire_at is not None]
+        for run in self.service.runs(namespace=self.namespace, state="scheduled", limit=100):
+            if run.schedule_id in views:
+                times.append((run.due_at, views[run.schedule_id]))
+        if not times:
+            self._next = None
+            return
+        at, view = min(times, key=lambda item: item[0])
+        self._next = (view.name, at, show.zone_of(view.spec.timezone))
 
     def _status(self) -> Any:
         now = utcnow()
@@ -562,6 +583,8 @@ class Foreground:
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def run(self) -> int:
+        from rich.live import Live
+
         previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -572,6 +595,7 @@ class Foreground:
             with contextlib.ExitStack() as stack:
                 live: Live | None = None
                 if not self.once and not self.quiet and self.say.is_terminal:
+                    self._refresh_next()
                     live = stack.enter_context(
                         Live(self._status(), console=self.say, transient=True, refresh_per_second=4)
                     )
@@ -626,10 +650,16 @@ class Foreground:
         return 0 if all(run.state == "succeeded" for run in self.results.values()) else 1
 
 
+def _not_a_run_event(record: logging.LogRecord) -> bool:
+    return not hasattr(record, "notify_event")
+
+
 def _quiet_scheduler_logs() -> None:
-    # The root command logs at INFO: a line per instance reaped or schedule claimed is noise here.
+    # The root command logs at INFO: a line per instance reaped or schedule claimed is noise here, and the
+    # notifier's line per outcome says again what the outcome lines say (its delivery problems still show).
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("ecliptic.schedule").setLevel(logging.WARNING)
+        logging.getLogger("ecliptic.schedule.notify").addFilter(_not_a_run_event)
 
 
 def _start(plan: _Plan, quiet: bool) -> int:
@@ -916,7 +946,10 @@ def preview(
         fires = triggers.preview(spec, count, after=now, created=now)
     except ValueError as exc:
         _fail(str(exc))
-    _console(stderr=True).print(Text(f"{describe_spec(spec)} ({spec.timezone})", style="dim"))
+    words = describe_spec(spec)
+    if spec.timezone not in words:
+        words += f" (times in {spec.timezone})"
+    _console(stderr=True).print(Text(words, style="dim"))
     zone = spec.zone
     for at in fires:
         typer.echo(at.astimezone(zone).isoformat())

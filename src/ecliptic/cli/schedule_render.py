@@ -273,7 +273,7 @@ def status_line(
         text.append(" · next: ", style="dim")
         text.append(next_job, style="bold")
         local = next_at.astimezone(zone)
-        text.append(f" at {local.strftime('%H:%M:%S %Z')} ({relative(next_at, now)})")
+        text.append(f" at {local.strftime('%H:%M:%S %Z')} ({relative(max(next_at, now), now)})")
     else:
         text.append(" · nothing more scheduled", style="dim")
     text.append("   Ctrl-C stops", style="dim")

@@ -29,7 +29,7 @@ from sqlalchemy import and_, or_, select
 from ecliptic.broker.schema import ErrorResponse
 from ecliptic.http.errors import ApiError, error_body, respond_error
 from ecliptic.http.negotiation import negotiated, read_body, render
-from ecliptic.isotime import format_instant
+from ecliptic.isotime import IsoTimeError, format_instant, parse_instant
 from ecliptic.schedule import triggers
 from ecliptic.schedule.service import AuditView, NamespaceView, ScheduleError, SchedulerService
 from ecliptic.schedule.spec import (
@@ -53,7 +53,7 @@ TIMING_FIELDS = ("trigger", "timezone", "start", "end", "max_runs", "exclude", "
 
 POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
-OVERLAP = timedelta(seconds=2)
+OVERLAP = timedelta(seconds=1)
 """How far back each poll of the event stream looks again: a transaction that took its timestamp before
 another but committed after it is still seen (what was sent already is not sent twice)."""
 PAGE = 1000
@@ -184,16 +184,13 @@ def _schedule_loc(msg: str) -> list[str | int]:
     return ["trigger"]
 
 
-def validation_details(
-    exc: ValidationError, prefix: Sequence[str | int] = (), rename: dict[str, str] | None = None
-) -> list[dict[str, Any]]:
+def validation_details(exc: ValidationError, prefix: Sequence[str | int] = ()) -> list[dict[str, Any]]:
+    """Pydantic's errors as the error shape's details: a location naming the field, and a message."""
     details = []
     for err in exc.errors(include_url=False):
         loc = _clean_loc(err.get("loc", ()))
         if not loc and exc.title == ScheduleSpec.__name__:
             loc = _schedule_loc(_message(dict(err)))
-        if rename and loc and isinstance(loc[0], str) and loc[0] in rename:
-            loc = [rename[loc[0]]]
         details.append({"loc": [*prefix, *loc], "msg": _message(dict(err)), "type": err.get("type", "")})
     return details
 
@@ -292,7 +289,6 @@ def preview_spec(data: Any) -> tuple[ScheduleSpec, int, datetime | None]:
     except ValidationError as exc:
         raise invalid("preview", validation_details(exc)) from exc
     doc = {k: v for k, v in body.items() if k not in ("when", "second", "count", "after")}
-    rename: dict[str, str] = {}
     if request.when is not None:
         if request.trigger is not None:
             raise ApiError(400, "Give when or trigger, not both", loc=["when"])
@@ -309,7 +305,6 @@ def preview_spec(data: Any) -> tuple[ScheduleSpec, int, datetime | None]:
                 raise ApiError(400, "second goes with a cron expression only", loc=["second"])
             trigger = trigger.model_copy(update={"second": request.second})
         doc["trigger"] = trigger.model_dump(mode="json", exclude_none=True)
-        rename["trigger"] = "when"
     elif request.trigger is None:
         raise ApiError(
             400,
@@ -325,7 +320,12 @@ def preview_spec(data: Any) -> tuple[ScheduleSpec, int, datetime | None]:
     try:
         spec = ScheduleSpec.model_validate(doc)
     except ValidationError as exc:
-        raise invalid("preview", validation_details(exc, rename=rename)) from exc
+        details = validation_details(exc)
+        if request.when is not None:  # the trigger came from when (and second): say so
+            for detail in details:
+                if detail["loc"][:1] == ["trigger"]:
+                    detail["loc"] = ["second"] if detail["loc"][1:2] == ["second"] else ["when"]
+        raise invalid("preview", details) from exc
     return spec, request.count, request.after
 
 
@@ -343,10 +343,6 @@ def schedule_ref(request: Request) -> str:
     if "ref" in params:
         return str(params["ref"])
     return f"{params['namespace']}/{params['name']}"
-
-
-async def _body(request: Request) -> Any:
-    return await read_body(request)
 
 
 # -- the event stream ---------------------------------------------------------------------------------------
@@ -398,8 +394,6 @@ def encode_cursor(cursor: Cursor) -> str:
 
 
 def decode_cursor(text: str) -> Cursor:
-    from ecliptic.isotime import IsoTimeError, parse_instant
-
     at, _, run_id = text.strip().partition("~")
     try:
         return parse_instant(at), int(run_id or 0)
@@ -458,9 +452,13 @@ async def event_stream(
         yield f"retry: 1000\n: cursor {encode_cursor(start)}\n\n"
         while not await request.is_disconnected():
             wake.clear()
-            after: Cursor = (high[0] - OVERLAP, 0)
+            after: Cursor = max(start, (high[0] - OVERLAP, 0))  # what came before the start is not wanted
             while True:
-                page = await asyncio.to_thread(run_changes, service, after)
+                try:
+                    page = await asyncio.to_thread(run_changes, service, after)
+                except Exception:  # the store restarts or the network blips: try again on the next poll
+                    log.warning("the event stream could not read run changes", exc_info=True)
+                    break
                 for cursor, view in page:
                     if cursor in sent or cursor <= start:
                         continue
@@ -581,7 +579,7 @@ def build_router() -> APIRouter:
     )
     async def create_schedule(request: Request) -> Response:
         negotiated(request)
-        spec = parse_spec(await _body(request))
+        spec = parse_spec(await read_body(request))
         view = await asyncio.to_thread(_service(request).create, spec, actor=actor(request))
         location = f"{request.base_url}schedules/{view.id}"
         return _answer(request, view, 201, {"Location": location})
@@ -631,7 +629,7 @@ def build_router() -> APIRouter:
     async def backfill(request: Request, ref: str = Depends(schedule_ref)) -> Response:
         negotiated(request)
         data = _mapping(
-            await _body(request), "a range like {start: 2026-01-01T00:00:00Z, end: 2026-01-02T00:00:00Z}"
+            await read_body(request), "a range like {start: 2026-01-01T00:00:00Z, end: 2026-01-02T00:00:00Z}"
         )
         try:
             span = BackfillRequest.model_validate(data)
@@ -704,7 +702,7 @@ def build_router() -> APIRouter:
     async def put_schedule(request: Request, ref: str = Depends(schedule_ref)) -> Response:
         negotiated(request)
         service = _service(request)
-        spec = parse_spec(await _body(request))
+        spec = parse_spec(await read_body(request))
         current = await asyncio.to_thread(service.get, ref)
         _same_namespace(spec, current)
         view = await asyncio.to_thread(service.update, current.id, spec, actor=actor(request))
@@ -713,7 +711,7 @@ def build_router() -> APIRouter:
     async def patch_schedule(request: Request, ref: str = Depends(schedule_ref)) -> Response:
         negotiated(request)
         service = _service(request)
-        patch = _mapping(await _body(request), "a JSON merge patch of the schedule (RFC 7396)")
+        patch = _mapping(await read_body(request), "a JSON merge patch of the schedule (RFC 7396)")
         current = await asyncio.to_thread(service.get, ref)
         document = merge_patch(current.spec.model_dump(mode="json", by_alias=True, exclude_none=True), patch)
         spec = parse_spec(document)
@@ -773,7 +771,7 @@ def build_router() -> APIRouter:
     )
     async def preview(request: Request) -> Response:
         negotiated(request)
-        spec, count, after = preview_spec(await _body(request))
+        spec, count, after = preview_spec(await read_body(request))
         now = _service(request).clock.now()
         times = await asyncio.to_thread(triggers.preview, spec, count, after=after or now, created=now)
         return _answer(request, preview_out(spec, times))

@@ -200,6 +200,10 @@ class _Writer:
             elif op == "schedule":
                 schedule_updates.setdefault(values["id"], {"id": values["id"]}).update(values)
         with self.instance.db.write() as session:
+            # Schedules before runs: the one lock order of every writer (service, planner, claim).
+            for schedule_id in sorted(schedule_updates):
+                values = {k: v for k, v in schedule_updates[schedule_id].items() if k != "id"}
+                session.execute(update(ScheduleRow).where(ScheduleRow.id == schedule_id).values(**values))
             # Rows of one shape go in one executemany; outcomes usually carry every column.
             by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
             for values in run_updates.values():
@@ -213,10 +217,6 @@ class _Writer:
                     .values({c: bindparam(f"b_{c}") for c in columns})
                 )
                 session.connection().execute(stmt, [{f"b_{k}": v for k, v in row.items()} for row in rows])
-            for schedule_id in sorted(schedule_updates):  # one lock order with the planner's
-                values = schedule_updates[schedule_id]
-                values.pop("id")
-                session.execute(update(ScheduleRow).where(ScheduleRow.id == schedule_id).values(**values))
             ids: list[int] = []
             if inserts:
                 for values, _ in inserts:

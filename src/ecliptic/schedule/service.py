@@ -272,12 +272,14 @@ class SchedulerService:
         session.flush()
 
     def _insert(
-        self, session: Session, spec: ScheduleSpec, actor: str, origin: dict[str, Any]
+        self, session: Session, spec: ScheduleSpec, actor: str, origin: dict[str, Any], *, many: bool = False
     ) -> ScheduleRow:
+        """Add a schedule row; with ``many`` the caller has made the namespace and flushes once for all."""
         now = self.clock.now()
         namespace = spec.namespace or DEFAULT_NAMESPACE
         spec = spec.model_copy(update={"namespace": namespace})
-        self.ensure_namespace(session, namespace)
+        if not many:
+            self.ensure_namespace(session, namespace)
         nxt = first_fire(spec, now)
         row = ScheduleRow(
             id=str(uuid.uuid4()),
@@ -296,13 +298,14 @@ class SchedulerService:
             origin=origin,
         )
         session.add(row)
-        try:
-            session.flush()
-        except IntegrityError as exc:
-            raise Conflict(
-                f"a schedule {namespace}/{spec.name} exists already (update it, or delete it first)",
-                field="name",
-            ) from exc
+        if not many:
+            try:
+                session.flush()
+            except IntegrityError as exc:
+                raise Conflict(
+                    f"a schedule {namespace}/{spec.name} exists already (update it, or delete it first)",
+                    field="name",
+                ) from exc
         self._audit(session, actor, "create", row, spec=row.spec)
         return row
 
@@ -388,7 +391,7 @@ class SchedulerService:
                 spec = spec.model_copy(update={"namespace": namespace})
                 row = existing.pop(spec.name, None)
                 if row is None:
-                    row = self._insert(session, spec, actor, origin or make_origin(None))
+                    row = self._insert(session, spec, actor, origin or make_origin(None), many=True)
                     created.append(spec.name)
                 elif row.spec == spec.model_dump(mode="json", by_alias=True):
                     unchanged.append(spec.name)
@@ -402,6 +405,10 @@ class SchedulerService:
                     self._delete_row(session, row, actor)
                     removed.append(name)
                     ids.append(row.id)
+            try:
+                session.flush()
+            except IntegrityError as exc:
+                raise Conflict(f"another client changed {namespace} at the same time: apply again") from exc
         self._changed(ids)
         return ApplyResult(created, updated, unchanged, removed)
 

@@ -701,7 +701,8 @@ def _rrule_words(trigger: RRuleTrigger, zone_key: str) -> str:
     parts = dict(parsed.parts)
     zone = zone_for(zone_key)
     if set(parts) - _DESCRIBED_PARTS:
-        return f"Recurring: {parsed.rule}" + (f";UNTIL={parsed.until_text}" if parsed.until_text else "")
+        until = f";UNTIL={parsed.until_text}" if parsed.until_text else ""
+        return f"Recurring: {parsed.rule}{until} ({zone_key})"
     single, unit = _FREQ_WORDS[parsed.freq]
     text = single if parsed.interval == 1 else f"Every {parsed.interval} {unit}s"
     if "BYMONTH" in parts:
