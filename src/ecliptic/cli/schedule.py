@@ -669,7 +669,8 @@ def _start(plan: _Plan, quiet: bool) -> int:
 
     with _store() as (settings, db):
         _quiet_scheduler_logs()
-        parts = build_scheduler(db, settings)
+        # This timetable only: schedules of other namespaces are for `serve`/`worker` or their own `run`.
+        parts = build_scheduler(db, settings, namespaces=frozenset({plan.namespace}))
         service = parts.service
         newest = service.runs(limit=1)
         baseline = newest[0].id if newest else 0

@@ -76,6 +76,8 @@ class InstanceSettings:
     catchup_scan_limit: int = 100_000
     run_retention: timedelta = timedelta(days=30)
     """Finished runs older than this are deleted."""
+    namespaces: frozenset[str] | None = None
+    """Claim only schedules of these namespaces (``ecliptic run`` runs its own timetable, not the whole store)."""
 
 
 def make_instance_id() -> str:
@@ -520,6 +522,8 @@ class SchedulerInstance:
                 .order_by(ScheduleRow.attention_at)
                 .limit(self.settings.claim_batch)
             )
+            if self.settings.namespaces is not None:
+                query = query.where(ScheduleRow.namespace.in_(sorted(self.settings.namespaces)))
             if self.db.is_postgres:
                 query = query.with_for_update(skip_locked=True)
             rows = session.scalars(query).all()

@@ -24,7 +24,7 @@ def run_view(
         scheduled_at=row.scheduled_at,
         due_at=row.due_at,
         attempt=row.attempt,
-        cause=row.cause,  # type: ignore[arg-type]
+        cause=row.cause,
         state=row.state,
         started_at=row.started_at,
         ended_at=row.ended_at,

@@ -167,7 +167,7 @@ def runs_timeline_svg(
 
     counts: Counter[str] = Counter(str(run.state) for run in runs)
     lx = float(left)
-    ly = height - 8
+    ly = axis_y + axis_h + legend_h - 8
     for state in (*LEGEND_ORDER, *sorted(set(counts) - set(LEGEND_ORDER))):
         if not counts.get(state):
             continue
@@ -178,6 +178,9 @@ def runs_timeline_svg(
         )
         lx += 14 + 7.2 * len(text) + 16
     zone_label = f"times in {zone.key}"
+    if lx + 6.5 * len(zone_label) > left + plot_w:  # no room after the legend: a line of its own
+        ly += legend_h
+        height += legend_h
     parts.append(f'<text x="{left + plot_w}" y="{ly}" text-anchor="end">{escape(zone_label)}</text>')
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" class="chart timeline" '

@@ -76,12 +76,6 @@ def local(value: datetime | None, zone: ZoneInfo) -> str:
     return value.astimezone(zone).strftime("%a %Y-%m-%d %H:%M:%S %Z")
 
 
-def described(view: ScheduleView) -> str:
-    """The trigger in words with its zone where the zone matters: ``At 09:00, Monday through Friday
-    (Europe/Vienna)``; an interval runs on real time, so ``Every 10 minutes`` has none."""
-    return view.description
-
-
 templates.env.filters["instant"] = lambda value: format_instant(value) if value else ""
 templates.env.filters["seconds"] = seconds
 
@@ -106,7 +100,7 @@ def _row(view: ScheduleView, now: datetime) -> Row:
     nxt = view.next_fire_at
     return Row(
         view=view,
-        description=described(view),
+        description=view.description,  # with the zone where it matters
         next_local=local(nxt, zone) if nxt is not None else "",
         next_relative=relative(nxt, now) if nxt is not None else "",
     )
