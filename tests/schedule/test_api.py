@@ -228,9 +228,6 @@ def test_cancel_a_waiting_run_and_a_running_one(http: httpx.Client) -> None:
     assert_error(http.post(f"runs/{first['id']}/cancel"), 409, None, "ended already")
 
 
-@pytest.mark.xfail(
-    reason="instance: a queued run cancelled in the store is started anyway when its turn comes"
-)
 def test_a_cancelled_waiting_run_never_starts(http: httpx.Client) -> None:
     first, second = backfill_two_sleepers(http)
     assert http.post(f"runs/{second['id']}/cancel").status_code == 200

@@ -71,7 +71,15 @@ def serve(
         f"Ecliptic {__version__} on http://{host}:{port}/ (web UI at /ui/, API docs at /docs) — "
         f"store {application.state.services.db.engine.url!r}, data in {settings.data_dir}"
     )
-    uvicorn.run(application, host=host, port=port, log_level="warning", proxy_headers=True)
+    # A bounded graceful shutdown: open event streams (/events) would otherwise hold Ctrl-C forever.
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        log_level="warning",
+        proxy_headers=True,
+        timeout_graceful_shutdown=5,
+    )
 
 
 @app.command()

@@ -472,6 +472,8 @@ class SchedulerInstance:
                 for run_id in list(owned.pending):
                     if run_id not in scheduled:
                         owned.pending.discard(run_id)  # withdrawn: its heap entry is skipped
+                # A queued run that was cancelled (or withdrawn) meanwhile must not start when its turn comes.
+                owned.queue = deque(p for p in owned.queue if p.run_id in scheduled)
                 for r in scheduled.values():
                     if r.id not in owned.pending and r.id not in owned.running:
                         self._push(owned, _planned(r, next(self._seq)))

@@ -61,11 +61,13 @@ def parse_short_duration(text: str) -> timedelta:
 
 def _duration(value: Any) -> Any:
     if isinstance(value, str):
-        return parse_short_duration(value)
-    if isinstance(value, bool):
+        value = parse_short_duration(value)
+    elif isinstance(value, bool):
         raise ValueError("a duration is not a boolean")
-    if isinstance(value, int | float):
-        return timedelta(seconds=value)
+    elif isinstance(value, int | float):
+        value = timedelta(seconds=value)
+    if isinstance(value, timedelta) and value < timedelta(0):
+        raise ValueError("a duration cannot be negative")
     return value
 
 
@@ -140,7 +142,9 @@ class CronTrigger(_Strict):
     """
 
     cron: str
-    second: str | None = Field(default=None, description="Cron-style seconds field, e.g. 0, */10, 0,30.")
+    second: Annotated[
+        str | None, BeforeValidator(lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v)
+    ] = Field(default=None, description="Cron-style seconds field, e.g. 0, */10, 0,30.")
 
 
 class RRuleTrigger(_Strict):
