@@ -13,7 +13,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
-import pytest
 import yaml
 
 from ecliptic.isotime import format_instant, parse_instant
