@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A Python task file: the schedule lives in the file itself.
 
-    ecliptic schedule run --file examples/task.py              # on the schedule of the task block
-    ecliptic schedule run --file examples/task.py --when once  # now, once
+    ecliptic run --file examples/task.py              # on the schedule of the task block
+    ecliptic run --file examples/task.py --when once  # now, once
 
 Ecliptic calls run(**options) with the [options] table as keyword arguments. The [env] table is added to the
 environment of the run only (never to the scheduler's own environment). The script block (PEP 723) lists the

@@ -67,6 +67,9 @@ def serve(
 
     application = create_app(_settings(), run_workers=workers)
     settings = application.state.services.settings
+    if settings.broker_url is None:
+        # Broker-request jobs of this process's scheduler go to this very service.
+        application.state.services.scheduler.instance.settings.broker_url = f"http://{host}:{port}"
     typer.echo(
         f"Ecliptic {__version__} on http://{host}:{port}/ (web UI at /ui/, API docs at /docs) — "
         f"store {application.state.services.db.engine.url!r}, data in {settings.data_dir}"

@@ -35,7 +35,7 @@ def instance_settings(settings: Settings, **overrides: Any) -> InstanceSettings:
         "lookahead": settings.scheduler_lookahead,
         "lease": settings.scheduler_lease,
         "log_dir": settings.runs_dir,
-        "broker_url": settings.broker_url,
+        "broker_url": settings.broker_url or "http://127.0.0.1:8080",
         "run_retention": settings.run_retention,
     }
     values.update(overrides)
