@@ -141,7 +141,9 @@ class _Collect(logging.Handler):
             key = (r.name, r.levelname, str(r.msg))
             first = r.getMessage().splitlines()[0][:140]
             if r.exc_info and r.exc_info[1] is not None:
-                said = " / ".join(line.strip() for line in str(r.exc_info[1]).splitlines()[:3] if line.strip())
+                said = " / ".join(
+                    line.strip() for line in str(r.exc_info[1]).splitlines()[:3] if line.strip()
+                )
                 first += f" [{type(r.exc_info[1]).__name__}: {said[:300]}]"
             count, example = seen.get(key, (0, first))
             seen[key] = (count + 1, example)
@@ -264,9 +266,10 @@ def ecliptic_lateness(url: str, data_dir: Path, samples: int, overrides: dict[st
     return Lateness("", late, timeouts)
 
 
-def _stagger(rate: int) -> tuple[datetime, list[datetime]]:
+def _stagger(rate: int) -> list[datetime]:
+    """Grid anchors 1/rate s apart: ``rate`` one-second intervals fire evenly spread over each second."""
     base = datetime.fromtimestamp(math.floor(time.time()), UTC)
-    return base, [base + timedelta(seconds=i / rate) for i in range(rate)]
+    return [base + timedelta(seconds=i / rate) for i in range(rate)]
 
 
 def _window(warmup: float, window: float) -> tuple[float, float, float, float]:
@@ -289,7 +292,7 @@ def ecliptic_sustained(
     notes: list[str] = []
     try:
         setup0 = time.monotonic()
-        _base, anchors = _stagger(rate)
+        anchors = _stagger(rate)
         specs = [
             _spec(
                 f"i{i}",
@@ -376,7 +379,7 @@ def aps_sustained(url: str | None, rate: int, warmup: float, window: float, *, w
     notes: list[str] = []
     try:
         setup0 = time.monotonic()
-        _base, anchors = _stagger(rate)
+        anchors = _stagger(rate)
         for i, anchor in enumerate(anchors):  # pending until start(), which adds them to the store
             scheduler.add_job(tick, ApsInterval(seconds=1, start_date=anchor, timezone=UTC), id=f"i{i}")
         scheduler.start()

@@ -413,10 +413,14 @@ def test_rate_interval_grid() -> None:
     compiled = triggers.compile_trigger(spec, CREATED)
     assert compiled.next_after(at("2026-05-01T00:00:02Z")) == at("2026-05-01T00:00:03Z")
     assert compiled.next_after(at("2026-05-01T00:00:03Z")) == at("2026-05-01T00:00:04.5Z")
-    # start moves the first fire onto the first grid point at or after it
-    assert fires(make({"every": "1h"}, start="2026-01-01T05:30:00Z"), "2026-01-01T00:00:00Z", 1) == [
-        "2026-01-01T06:00:00Z"
+    # without an anchor, the grid starts at the window's start: every hour from 05:30 is 05:30, 06:30, …
+    assert fires(make({"every": "1h"}, start="2026-01-01T05:30:00Z"), "2026-01-01T00:00:00Z", 2) == [
+        "2026-01-01T05:30:00Z",
+        "2026-01-01T06:30:00Z",
     ]
+    # with one, start moves the first fire onto the first grid point at or after it
+    spec = make({"every": "1h", "anchor": "2026-01-01T00:00:00Z"}, start="2026-01-01T05:30:00Z")
+    assert fires(spec, "2026-01-01T00:00:00Z", 1) == ["2026-01-01T06:00:00Z"]
 
 
 def test_delay_interval() -> None:

@@ -123,7 +123,7 @@ class IntervalTrigger(_Strict):
     mode: Literal["rate", "delay"] = "rate"
     anchor: Instant | None = Field(
         default=None,
-        description="Where the grid of fire times starts; default: when the schedule is created.",
+        description="Where the grid of fire times starts; default: the schedule's start, else its creation.",
     )
 
     @field_validator("every")

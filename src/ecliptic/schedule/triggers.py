@@ -11,7 +11,8 @@ Fire times
     the caller's business.
 
     * ``once``: the instant, or the creation time for ``now`` (``start``, when later, for ``now``).
-    * interval, ``rate``: ``anchor + k·every`` for k ≥ 0 (anchor: the creation time unless given), in UTC.
+    * interval, ``rate``: ``anchor + k·every`` for k ≥ 0 (anchor: given, else ``start``, else the creation
+      time), in UTC.
     * interval, ``delay``: ``every`` after the instant passed in (the end of the previous run).
     * cron: cronsim on the schedule's zone. ``second:`` gives the seconds within each fire minute.
     * RRULE: RFC 5545 (dateutil) on local wall-clock times, from ``dtstart`` (a ``DTSTART`` line, the
@@ -64,6 +65,7 @@ from ecliptic.schedule.calendars import (
 from ecliptic.schedule.spec import CronTrigger, IntervalTrigger, OnceTrigger, RRuleTrigger, ScheduleSpec
 
 _US = timedelta(microseconds=1)
+_MINUTE = timedelta(minutes=1)
 _HORIZON = timedelta(days=3653)
 """How far past the first excluded candidate the search for a fire time that is not excluded goes."""
 _MAX_CANDIDATES = 100_000
@@ -153,7 +155,14 @@ class _Rate(CompiledTrigger):
     def __init__(self, spec: ScheduleSpec, created: datetime, trigger: IntervalTrigger) -> None:
         super().__init__(spec, created)
         self.every = trigger.every
-        self.anchor = trigger.anchor.astimezone(UTC) if trigger.anchor is not None else self.created
+        # The grid starts at the anchor, else at the window's start (every 1h from 09:00 is 09:00, 10:00, …),
+        # else when the schedule was created.
+        if trigger.anchor is not None:
+            self.anchor = trigger.anchor.astimezone(UTC)
+        elif self.start is not None:
+            self.anchor = self.start
+        else:
+            self.anchor = self.created
 
     def _candidate_after(self, after: datetime) -> datetime | None:
         if after < self.anchor:
@@ -202,9 +211,9 @@ class _Cron(CompiledTrigger):
 
     def _minute_after(self, after: datetime) -> datetime | None:
         cursor = self._cursor
-        it = FastCronSim.__new__(
-            FastCronSim
-        )  # a copy (the parsed sets are shared, never changed): cheaper than copy
+        # A copy of the template or of the cursor (their parsed sets are shared and never changed); much
+        # cheaper than building a cronsim iterator, and than copy.copy.
+        it = FastCronSim.__new__(FastCronSim)
         if cursor is not None and cursor[0] == after:
             it.__dict__.update(cursor[1].__dict__)
         else:
@@ -227,7 +236,13 @@ class _Cron(CompiledTrigger):
     def _candidate_after(self, after: datetime) -> datetime | None:
         if self._seconds is None:
             return self._minute_after(after)
-        minute = self._minute_after(after - timedelta(seconds=60))
+        # Fire minutes are at least a minute apart, so the last one found is still the first candidate while
+        # ``after`` is inside it.
+        cursor = self._cursor
+        if cursor is not None and cursor[0] <= after < cursor[0] + _MINUTE:
+            minute: datetime | None = cursor[0]
+        else:
+            minute = self._minute_after(after - _MINUTE)
         while minute is not None:
             for second in self._seconds:
                 if minute + second > after:
