@@ -146,8 +146,8 @@ def build_router() -> APIRouter:
         except NotFound:
             return templates.TemplateResponse(
                 request,
-                "schedule_not_found.html",
-                {"message": f"There is no schedule {ref}."},
+                "not_found.html",
+                {"message": f"There is no schedule {ref}.", "back": ("/ui/schedules", "the schedules")},
                 status_code=404,
             )
         runs: list[RunView] = await asyncio.to_thread(service.runs, view.id, limit=RUNS_SHOWN)
