@@ -196,6 +196,68 @@ def test_lateness_within_grace_is_not_a_catchup(store: Database, tmp_path: Path)
         h.stop()
 
 
+def test_retries_wait_their_backoff_and_survive_a_restart(store: Database, tmp_path: Path) -> None:
+    t0 = z("2026-06-01T12:00:00+00:00")
+    clock = ManualClock(t0)
+    failing = {"python": "raise SystemExit(4)"}
+    h = started(store, tmp_path, clock)
+    try:
+        h.create(
+            spec(
+                "flaky",
+                {"once": "now"},
+                failing,
+                retry={"max": 2, "backoff": "1h", "max_backoff": "10h", "jitter": False},
+            )
+        )
+        runs = h.wait_runs("test/flaky", lambda rs: len(rs) == 2)
+        assert [(r.attempt, r.state) for r in runs] == [(1, "failed"), (2, "scheduled")]
+        assert runs[1].due_at == t0 + timedelta(hours=1)
+    finally:
+        h.stop()
+    # A new scheduler finds the retry in the store and runs it when its time comes, not before.
+    h = started(store, tmp_path, clock)
+    try:
+        clock.set(t0 + timedelta(minutes=59))
+        time.sleep(0.3)
+        assert [r.state for r in h.runs("test/flaky")] == ["failed", "scheduled"]
+        clock.set(t0 + timedelta(hours=1, seconds=1))
+        runs = h.wait_runs("test/flaky", lambda rs: len(rs) == 3)
+        assert runs[1].state == "failed" and runs[2].due_at == t0 + timedelta(hours=3, seconds=1)  # 2 h later
+        clock.set(t0 + timedelta(hours=3, seconds=2))
+        runs = h.wait_finished("test/flaky", 3)
+        assert [(r.attempt, r.cause, r.state, r.exit_code) for r in runs] == [
+            (1, "schedule", "failed", 4),
+            (2, "retry", "failed", 4),
+            (3, "retry", "failed", 4),
+        ]
+    finally:
+        h.stop()
+
+
+def test_overlap_skip_against_the_clock(store: Database, tmp_path: Path) -> None:
+    """A run that outlasts its interval makes the next fire a skipped run, to the fire time."""
+    t0 = z("2026-06-01T12:00:00+00:00")
+    clock = ManualClock(t0)
+    h = started(store, tmp_path, clock)
+    try:
+        h.create(
+            spec(
+                "slowpoke",
+                {"every": "1m"},
+                {"call": "tests.schedule.marks:record", "args": ["slowpoke", 1.5]},
+            )
+        )
+        h.wait_runs("test/slowpoke", lambda rs: any(r.state == "running" for r in rs))
+        clock.set(t0 + timedelta(minutes=1))
+        runs = h.wait_runs("test/slowpoke", lambda rs: any(r.state == "skipped" for r in rs))
+        skipped = next(r for r in runs if r.state == "skipped")
+        assert skipped.scheduled_at == t0 + timedelta(minutes=1)
+        h.wait_runs("test/slowpoke", lambda rs: rs[0].state == "succeeded")
+    finally:
+        h.stop()
+
+
 def test_a_second_instance_takes_over_and_interrupts_what_the_dead_one_ran(
     store: Database, tmp_path: Path
 ) -> None:

@@ -50,6 +50,22 @@ def test_interval_at_a_fixed_rate_keeps_its_grid(h: Harness) -> None:
     assert len([c for c in marks.calls if c[0] == "tick"]) >= 5
 
 
+def test_jitter_never_passes_the_next_fire(h: Harness) -> None:
+    h.create(
+        spec(
+            "jittery",
+            {"every": "100ms"},
+            {"call": "tests.schedule.marks:record", "args": ["jittery"]},
+            jitter="10s",
+            overlap="allow",
+        )
+    )
+    runs = h.wait_finished("test/jittery", 5)
+    delays = [r.due_at - r.scheduled_at for r in runs]
+    assert all(timedelta(0) <= d < timedelta(milliseconds=100) for d in delays), delays
+    assert len(set(delays)) > 1  # really random
+
+
 def test_fixed_delay_waits_for_the_previous_run(h: Harness) -> None:
     h.create(
         spec(

@@ -41,7 +41,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from ecliptic.engine.clock import Clock, SystemClock
@@ -519,7 +519,11 @@ class SchedulerInstance:
                 .where(
                     ScheduleRow.deleted.is_(False),
                     ScheduleRow.attention_at <= horizon,
-                    or_(ScheduleRow.owner.is_(None), ScheduleRow.lease_until < now),
+                    # Never from itself: after a wall-clock jump its own leases look lapsed until it renews.
+                    or_(
+                        ScheduleRow.owner.is_(None),
+                        and_(ScheduleRow.lease_until < now, ScheduleRow.owner != self.id),
+                    ),
                 )
                 .order_by(ScheduleRow.attention_at)
                 .limit(self.settings.claim_batch)
@@ -972,10 +976,9 @@ class SchedulerInstance:
             self._writer.put("schedule", {"id": owned.id, "last_outcome": state})
         if not mine:
             return
-        if not active.interrupted:
-            self._maybe_retry(owned, planned, ended, state)
+        retrying = not active.interrupted and self._maybe_retry(owned, planned, ended, state)
         with self._lock:
-            idle = not (owned.pending or owned.running or owned.queue)
+            idle = not (retrying or owned.pending or owned.running or owned.queue)
             if idle and owned.next_fire_at is None:
                 # Nothing more will happen here: no instance needs to claim this schedule after a restart.
                 self._writer.put("schedule", {"id": owned.id, "attention_at": None})
@@ -993,10 +996,11 @@ class SchedulerInstance:
                     break
                 self._start(owned, owned.queue.popleft())
 
-    def _maybe_retry(self, owned: _Owned, planned: _Planned, ended: datetime, state: str) -> None:
+    def _maybe_retry(self, owned: _Owned, planned: _Planned, ended: datetime, state: str) -> bool:
+        """Queue the next attempt if the policy wants one; whether it did."""
         policy = owned.spec.retry
         if state not in RETRYABLE or planned.attempt > policy.max:
-            return
+            return False
         delay = min(
             policy.max_backoff.total_seconds(),
             policy.backoff.total_seconds() * policy.factor ** (planned.attempt - 1),
@@ -1035,6 +1039,7 @@ class SchedulerInstance:
             queued,
         )
         self._writer.put("schedule", {"id": owned.id, "attention_at": due})
+        return True
 
     # -- events ----------------------------------------------------------------------------------------------
     def _notify(self, owned: _Owned, state: str, view: dict[str, Any]) -> None:
