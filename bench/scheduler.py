@@ -477,7 +477,7 @@ def main() -> int:
     parser.add_argument(
         "--budget",
         type=float,
-        help="no new sustained run starts after this many seconds (default 280, quick 40)",
+        help="no new sustained run starts after this many seconds (default 280, quick 50)",
     )
     parser.add_argument("--skip-lateness", action="store_true")
     parser.add_argument("--skip-rates", action="store_true")
@@ -492,7 +492,7 @@ def main() -> int:
     )
     warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
     window = args.window if args.window is not None else (2.0 if args.quick else 10.0)
-    budget = args.budget if args.budget is not None else (40.0 if args.quick else 280.0)
+    budget = args.budget if args.budget is not None else (50.0 if args.quick else 280.0)
     overrides: dict[str, Any] = {}
     if args.tick is not None:
         overrides["tick"] = args.tick

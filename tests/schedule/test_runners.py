@@ -99,7 +99,7 @@ def test_environment_is_the_runs_own(tmp_path: Path) -> None:
     before = dict(os.environ)
     code = """
         import json, os
-        print(json.dumps({k: v for k, v in os.environ.items() if k.startswith(("ECLIPTIC_", "MY_"))}))
+        print(json.dumps({k: v for k, v in os.environ.items() if k.startswith(("ECLIPTIC_", "MY_")) and not k.startswith("ECLIPTIC_TEST_")}))
     """
     result = run(tmp_path, {"cmd": py(code)}, env={"MY_SETTING": "on"})
     assert result.outcome == "succeeded", result

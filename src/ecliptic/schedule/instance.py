@@ -117,7 +117,8 @@ class _Owned:
     next_fire_at: datetime | None
     fires: int
     last_outcome: str | None
-    pending: set[int] = field(default_factory=set)
+    pending: dict[int, _Planned] = field(default_factory=dict)
+    """Planned runs in the heap, not started yet: the only ones this instance may still withdraw."""
     running: dict[int, _Active] = field(default_factory=dict)
     queue: deque[_Planned] = field(default_factory=deque)
     waiting_for_previous: bool = False
@@ -268,6 +269,9 @@ class SchedulerInstance:
         self._lease_good_until = 0.0
         self._last_housekeeping = 0.0
         self._change_cursor: datetime | None = None
+        # Runs taken off the heap lately: their rows may still say "scheduled" until the writer catches up, and a
+        # reload must not plan them again.
+        self._dispatched: dict[int, float] = {}
         self._started = False
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -360,6 +364,8 @@ class SchedulerInstance:
         if mono - self._last_housekeeping >= 10:
             self._last_housekeeping = mono
             self._housekeeping()
+            with self._lock:
+                self._dispatched = {k: v for k, v in self._dispatched.items() if mono - v < 60}
         self._reload_changed()
         self._claim()
         self._plan()
@@ -404,10 +410,11 @@ class SchedulerInstance:
                 if gone or stale:
                     dead.append(row.id)
             if dead:
+                # Due for attention now, paused or not: what the dead one left running must be recorded.
                 session.execute(
                     update(ScheduleRow)
                     .where(ScheduleRow.owner.in_(dead))
-                    .values(lease_until=now - timedelta(microseconds=1))
+                    .values(lease_until=now - timedelta(microseconds=1), attention_at=now)
                 )
                 session.execute(delete(SchedulerInstanceRow).where(SchedulerInstanceRow.id.in_(dead)))
         if dead:
@@ -463,25 +470,74 @@ class SchedulerInstance:
                     RunRow.schedule_id == schedule_id, RunRow.state.in_(("scheduled", "cancelling"))
                 )
             ).all()
+            now = self.clock.now()
+            withdrawn: list[int] = []
+            cancelled: list[RunRow] = []
             with self._lock:
                 owned = self._owned.get(schedule_id)
                 if owned is None:
                     return
+                before = owned.spec
                 self._refresh(owned, row)
+                # Paused, or retimed: the fires planned under the old trigger are withdrawn — by the owner, which
+                # alone knows which of them have not started.
+                withdraw = row.paused or _retimed(before, owned.spec)
+                planned_causes = ("schedule", "catchup")
                 scheduled = {r.id: r for r in open_runs if r.state == "scheduled"}
-                for run_id in list(owned.pending):
-                    if run_id not in scheduled:
-                        owned.pending.discard(run_id)  # withdrawn: its heap entry is skipped
-                # A queued run that was cancelled (or withdrawn) meanwhile must not start when its turn comes.
-                owned.queue = deque(p for p in owned.queue if p.run_id in scheduled)
+                cancelling = {r.id: r for r in open_runs if r.state == "cancelling"}
+                for run_id, item in list(owned.pending.items()):
+                    if run_id in cancelling:
+                        del owned.pending[run_id]
+                        cancelled.append(cancelling.pop(run_id))
+                    elif run_id not in scheduled:
+                        del owned.pending[run_id]  # gone from the store: its heap entry is skipped
+                    elif withdraw and item.cause in planned_causes:
+                        del owned.pending[run_id]
+                        withdrawn.append(run_id)
+                kept: deque[_Planned] = deque()
+                for item in owned.queue:
+                    if item.run_id in cancelling:
+                        cancelled.append(cancelling.pop(item.run_id))
+                        continue
+                    if item.run_id not in scheduled:
+                        continue
+                    if withdraw and item.cause in planned_causes:
+                        withdrawn.append(item.run_id)
+                        continue
+                    kept.append(item)
+                owned.queue = kept
+                known = {*owned.pending, *owned.running, *(i.run_id for i in owned.queue), *withdrawn}
                 for r in scheduled.values():
-                    if r.id not in owned.pending and r.id not in owned.running:
-                        self._push(owned, _planned(r, next(self._seq)))
-                for r in open_runs:
-                    if r.state == "cancelling" and r.id in owned.running:
+                    if r.id in known or r.id in self._dispatched:
+                        continue
+                    if withdraw and r.cause in planned_causes:
+                        withdrawn.append(r.id)
+                        continue
+                    self._push(owned, _planned(r, next(self._seq)))
+                for r in cancelling.values():
+                    if r.id in owned.running:
                         active = owned.running[r.id]
                         active.reasons.append(r.error or "cancel requested")
                         active.cancel.set()
+                    elif r.id not in self._dispatched:
+                        cancelled.append(r)  # not started here: nobody else will start it
+            if withdrawn:
+                session.execute(delete(RunRow).where(RunRow.id.in_(withdrawn), RunRow.state == "scheduled"))
+                # Those fires did not happen: they count again, and a paused schedule resumes from the first.
+                row.fires = max(0, row.fires - len(withdrawn))
+                if row.paused:
+                    earliest = min(scheduled[i].scheduled_at for i in withdrawn)
+                    if row.next_fire_at is None or earliest < row.next_fire_at:
+                        row.next_fire_at = earliest
+                with self._lock:
+                    owned.fires, owned.next_fire_at = row.fires, row.next_fire_at
+            for r in cancelled:
+                r.state = "cancelled"
+                r.ended_at = now
+                r.changed_at = now
+                r.error = (r.error or "cancelled").replace(
+                    "cancel requested by", "cancelled by"
+                ) + " before it started"
         self._control_wake.set()
 
     def _refresh(self, owned: _Owned, row: ScheduleRow) -> None:
@@ -813,7 +869,7 @@ class SchedulerInstance:
 
     # -- timer -----------------------------------------------------------------------------------------------
     def _push(self, owned: _Owned, planned: _Planned) -> None:
-        owned.pending.add(planned.run_id)
+        owned.pending[planned.run_id] = planned
         heapq.heappush(self._heap, planned)
         if self._heap[0] is planned:
             self._timer_wake.set()
@@ -838,7 +894,8 @@ class SchedulerInstance:
                 owned = self._owned.get(planned.schedule_id)
                 if owned is None or planned.run_id not in owned.pending:
                     continue  # withdrawn (paused, updated, deleted, or no longer ours)
-                owned.pending.discard(planned.run_id)
+                del owned.pending[planned.run_id]
+                self._dispatched[planned.run_id] = time.monotonic()
                 if not self._lease_ok():
                     log.warning("not starting run %d: this scheduler's lease may have lapsed", planned.run_id)
                     continue
@@ -1081,6 +1138,13 @@ class _Plan:
     next_fire_at: datetime | None
     fires: int
     attention_at: datetime | None
+
+
+_TIMING = ("trigger", "timezone", "start", "end", "exclude", "max_runs", "jitter")
+
+
+def _retimed(before: ScheduleSpec, after: ScheduleSpec) -> bool:
+    return any(getattr(before, key) != getattr(after, key) for key in _TIMING)
 
 
 def _planned(run: RunRow, seq: int) -> _Planned:

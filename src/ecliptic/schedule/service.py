@@ -28,6 +28,8 @@ from ecliptic.store.database import Database
 from ecliptic.store.tables import AuditRow, NamespaceRow, RunRow, ScheduleRow
 
 DEFAULT_NAMESPACE = "default"
+_TIMING = ("trigger", "timezone", "start", "end", "exclude", "max_runs", "jitter")
+"""The fields whose change makes planned fire times wrong."""
 _EPSILON = timedelta(microseconds=1)
 
 
@@ -322,20 +324,13 @@ class SchedulerService:
         now = self.clock.now()
         spec = spec.model_copy(update={"namespace": row.namespace, "name": spec.name})
         old = ScheduleSpec.model_validate(row.spec)
-        timing = ("trigger", "timezone", "start", "end", "exclude", "max_runs", "jitter")
-        retimed = any(getattr(old, key) != getattr(spec, key) for key in timing)
+        retimed = any(getattr(old, key) != getattr(spec, key) for key in _TIMING)
         if spec.name != row.name:
             row.name = spec.name
         row.spec = spec.model_dump(mode="json", by_alias=True)
         if retimed:
             # The new trigger counts from now; fires planned under the old one are withdrawn.
-            session.execute(
-                delete(RunRow).where(
-                    RunRow.schedule_id == row.id,
-                    RunRow.state == "scheduled",
-                    RunRow.cause.in_(("schedule", "catchup")),
-                )
-            )
+            self._withdraw_planned(session, row)
             row.next_fire_at = first_fire(spec, row.created, after=now)
             if spec.max_runs is not None and row.fires >= spec.max_runs:
                 row.next_fire_at = None
@@ -430,17 +425,27 @@ class SchedulerService:
             self._delete_row(session, row, actor)
         self._changed([schedule_id])
 
+    def _owned_now(self, row: ScheduleRow) -> bool:
+        return row.owner is not None and row.lease_until is not None and row.lease_until >= self.clock.now()
+
+    def _withdraw_planned(self, session: Session, row: ScheduleRow) -> None:
+        """Delete fires planned under the old trigger — unless a live instance owns the schedule: only it knows
+        which of them it has started, so it withdraws them itself when it sees the change."""
+        if self._owned_now(row):
+            return
+        session.execute(
+            delete(RunRow).where(
+                RunRow.schedule_id == row.id,
+                RunRow.state == "scheduled",
+                RunRow.cause.in_(("schedule", "catchup")),
+            )
+        )
+
     def _set_paused(self, session: Session, row: ScheduleRow, paused: bool) -> None:
         now = self.clock.now()
         row.paused = paused
         if paused:
-            session.execute(
-                delete(RunRow).where(
-                    RunRow.schedule_id == row.id,
-                    RunRow.state == "scheduled",
-                    RunRow.cause.in_(("schedule", "catchup")),
-                )
-            )
+            self._withdraw_planned(session, row)
         else:
             # Resume from now: times that passed while paused were not wanted, so they are not caught up.
             spec = ScheduleSpec.model_validate(row.spec)
@@ -549,11 +554,12 @@ class SchedulerService:
             row = session.get(ScheduleRow, run.schedule_id)
             assert row is not None
             now = self.clock.now()
-            if run.state == "scheduled":
+            if run.state == "scheduled" and not self._owned_now(row):
                 run.state = "cancelled"
                 run.ended_at = now
                 run.error = f"cancelled by {actor} before it started"
-            elif run.state == "running":
+            elif run.state in ("scheduled", "running"):
+                # Its owner may be starting it this very moment: the owner decides, and records which it was.
                 run.state = "cancelling"
                 run.error = f"cancel requested by {actor}"
             else:
