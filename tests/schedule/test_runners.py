@@ -415,14 +415,23 @@ def test_call_with_an_override_and_a_timeout(tmp_path: Path) -> None:
     assert result.outcome == "timed_out" and "cannot be killed" in (result.error or "")
     release.set()
 
+    # With a timeout the call runs on a helper thread, so a cancel ends the run at once (the thread goes on).
     hold = threading.Event()
     ctx = make_ctx(tmp_path, cancel_reason=["user asked"])
     threading.Timer(0.2, ctx.cancel.set).start()
     began = time.monotonic()
-    result = execute(make_spec({"call": "x:y"}), ctx, callable_override=lambda: hold.wait(10))
-    assert time.monotonic() - began < 1.2
+    guarded = make_spec({"call": "x:y"}, timeout="30s")
+    result = execute(guarded, ctx, callable_override=lambda: hold.wait(10))
+    assert time.monotonic() - began < 5
     assert result.outcome == "cancelled" and result.error == "cancelled: user asked"
     hold.set()
+
+    # Without one it runs inline, on the caller's thread, to its end: nothing could stop it anyway.
+    ctx = make_ctx(tmp_path, run_id=8, cancel_reason=["user asked"])
+    threading.Timer(0.1, ctx.cancel.set).start()
+    result = execute(make_spec({"call": "x:y"}), ctx, callable_override=lambda: time.sleep(0.3))
+    assert result.outcome == "succeeded"
+    assert not (tmp_path / "logs" / f"{ctx.run_id}.out").exists()  # no files for a clean in-process call
 
 
 # -- steps -----------------------------------------------------------------------------------------------------
