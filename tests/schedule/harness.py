@@ -40,7 +40,7 @@ class Harness:
         self.instance = SchedulerInstance(
             db, settings=InstanceSettings(**values), clock=clock, notifier=self.notifier
         )
-        self.service = SchedulerService(db, clock=clock, on_change=self.instance.wake)
+        self.service = SchedulerService(db, clock=clock, on_change=self.instance.wake, local=self.instance)
 
     def start(self) -> Harness:
         self.notifier.start()

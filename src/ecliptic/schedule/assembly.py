@@ -58,5 +58,5 @@ def build_scheduler(
         notifier=notifier,
         callables=callables,
     )
-    service = SchedulerService(db, clock=clock, on_change=instance.wake)
+    service = SchedulerService(db, clock=clock, on_change=instance.wake, local=instance)
     return SchedulerParts(service, instance, notifier)

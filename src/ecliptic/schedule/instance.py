@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 _TERMINAL = ("succeeded", "failed", "timed_out", "missed", "skipped", "cancelled", "interrupted")
 _RUNS = cast(Table, RunRow.__table__)
+_SCHEDULES = cast(Table, ScheduleRow.__table__)
 
 
 @dataclass
@@ -141,6 +142,7 @@ class _Writer:
         self._cond = threading.Condition()
         self._stop = False
         self._busy = False
+        self.linger = 0.003
         self._thread = threading.Thread(target=self._loop, name="ecliptic-schedule-writer", daemon=True)
 
     def start(self) -> None:
@@ -171,6 +173,10 @@ class _Writer:
                     self._cond.wait()
                 if self._stop and not self._items:
                     return
+                # A moment's patience lets a short run's start mark and outcome share one transaction.
+                until = time.monotonic() + self.linger
+                while not self._stop and (left := until - time.monotonic()) > 0:
+                    self._cond.wait(left)
                 batch, self._items = self._items, []
                 self._busy = True
             try:
@@ -204,9 +210,17 @@ class _Writer:
                 schedule_updates.setdefault(values["id"], {"id": values["id"]}).update(values)
         with self.instance.db.write() as session:
             # Schedules before runs: the one lock order of every writer (service, planner, claim).
+            by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
             for schedule_id in sorted(schedule_updates):
-                values = {k: v for k, v in schedule_updates[schedule_id].items() if k != "id"}
-                session.execute(update(ScheduleRow).where(ScheduleRow.id == schedule_id).values(**values))
+                values = schedule_updates[schedule_id]
+                by_columns.setdefault(tuple(sorted(values)), []).append(values)
+            for shape, rows in by_columns.items():
+                stmt = (
+                    update(_SCHEDULES)
+                    .where(_SCHEDULES.c.id == bindparam("b_id"))
+                    .values({c: bindparam(f"b_{c}") for c in shape if c != "id"})
+                )
+                session.connection().execute(stmt, [{f"b_{k}": v for k, v in row.items()} for row in rows])
             # Rows of one shape go in one executemany; outcomes usually carry every column.
             by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
             for values in run_updates.values():
@@ -328,6 +342,19 @@ class SchedulerInstance:
         """Something changed (a service call in this process): look at once instead of at the next tick."""
         self._control_wake.set()
 
+    def accepts(self, namespace: str) -> datetime | None:
+        """Until when this instance would lease a schedule of ``namespace`` created in this process now."""
+        if not self._started or self._stop.is_set() or not self._lease_ok():
+            return None
+        if self.settings.namespaces is not None and namespace not in self.settings.namespaces:
+            return None
+        return self.clock.now() + self.settings.lease
+
+    def adopt(self, rows: list[ScheduleRow]) -> None:
+        """Take schedules this process created with this instance as their owner, and plan them at once."""
+        self._start_watch_for([(row, []) for row in rows])
+        self._control_wake.set()
+
     def subscribe(self, listener: RunListener) -> None:
         self._listeners.append(listener)
 
@@ -380,10 +407,15 @@ class SchedulerInstance:
                 .where(SchedulerInstanceRow.id == self.id)
                 .values(heartbeat_at=now)
             )
-            session.execute(
-                update(ScheduleRow).where(ScheduleRow.owner == self.id).values(lease_until=lease_until)
-            )
-            still = set(session.scalars(select(ScheduleRow.id).where(ScheduleRow.owner == self.id)))
+            mine = select(ScheduleRow.id).where(ScheduleRow.owner == self.id).order_by(ScheduleRow.id)
+            if self.db.is_postgres:
+                # Row locks in id order, the order every other writer of schedules takes them in.
+                mine = mine.with_for_update()
+            still = set(session.scalars(mine))
+            if still:
+                session.execute(
+                    update(ScheduleRow).where(ScheduleRow.owner == self.id).values(lease_until=lease_until)
+                )
         self._last_renew = started
         # A margin, so that a lease is never relied on in its last second (clocks and commits are not instant).
         self._lease_good_until = started + self.settings.lease.total_seconds() - 1.0
@@ -695,17 +727,30 @@ class SchedulerInstance:
         kept: dict[str, _Plan] = {}
         with self.db.write() as session:
             current = self._versions(session, list(plans))
-            for sid, (version, plan) in plans.items():
+            for sid, (version, plan) in sorted(plans.items()):
                 if current.get(sid) != (version, self.id):
                     continue  # changed meanwhile: the next reload replans it
                 kept[sid] = plan
-                session.execute(
-                    update(ScheduleRow)
-                    .where(ScheduleRow.id == sid)
-                    .values(next_fire_at=plan.next_fire_at, attention_at=plan.attention_at, fires=plan.fires)
+                runs.extend(plan.runs)
+            if kept:
+                session.connection().execute(
+                    update(_SCHEDULES)
+                    .where(_SCHEDULES.c.id == bindparam("b_id"))
+                    .values(
+                        next_fire_at=bindparam("b_next"),
+                        attention_at=bindparam("b_attention"),
+                        fires=bindparam("b_fires"),
+                    ),
+                    [
+                        {
+                            "b_id": sid,
+                            "b_next": p.next_fire_at,
+                            "b_attention": p.attention_at,
+                            "b_fires": p.fires,
+                        }
+                        for sid, p in kept.items()
+                    ],
                 )
-                for entry in plan.runs:
-                    runs.append(entry)
             ids: list[int] = []
             if runs:
                 result = session.execute(
@@ -1029,8 +1074,9 @@ class SchedulerInstance:
         }
         if state not in ("skipped", "cancelled"):
             self._notify(owned, state, view)
-            owned.last_outcome = state
-            self._writer.put("schedule", {"id": owned.id, "last_outcome": state})
+            if owned.last_outcome != state:
+                owned.last_outcome = state
+                self._writer.put("schedule", {"id": owned.id, "last_outcome": state})
         if not mine:
             return
         retrying = not active.interrupted and self._maybe_retry(owned, planned, ended, state)

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 from sqlalchemy import delete, func, select, update
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from ecliptic.engine.clock import Clock, SystemClock
 from ecliptic.schedule import triggers
 from ecliptic.schedule.namespaces import origin as make_origin
-from ecliptic.schedule.spec import Instant, RunView, ScheduleSpec, ScheduleView
+from ecliptic.schedule.spec import Instant, OnceTrigger, RunView, ScheduleSpec, ScheduleView
 from ecliptic.schedule.views import run_view, schedule_view
 from ecliptic.store.database import Database
 from ecliptic.store.tables import AuditRow, NamespaceRow, RunRow, ScheduleRow
@@ -85,6 +85,18 @@ def first_fire(spec: ScheduleSpec, created: datetime, after: datetime | None = N
     return compiled.next_after((after or created) - _EPSILON)
 
 
+class LocalInstance(Protocol):
+    """A scheduler instance in this process that may take new schedules on the spot."""
+
+    id: str
+
+    def accepts(self, namespace: str) -> datetime | None:
+        """Until when it would lease a new schedule of ``namespace``; None if it is not taking any."""
+        ...
+
+    def adopt(self, rows: list[ScheduleRow]) -> None: ...
+
+
 class SchedulerService:
     def __init__(
         self,
@@ -92,10 +104,12 @@ class SchedulerService:
         *,
         clock: Clock | None = None,
         on_change: Callable[[str], None] | None = None,
+        local: LocalInstance | None = None,
     ) -> None:
         self.db = db
         self.clock: Clock = clock or SystemClock()
         self._listeners: list[Callable[[str], None]] = [on_change] if on_change else []
+        self.local = local
 
     def subscribe(self, listener: Callable[[str], None]) -> None:
         """Call ``listener(schedule_id)`` after every committed change (a local instance wakes on it)."""
@@ -283,6 +297,15 @@ class SchedulerService:
         if not many:
             self.ensure_namespace(session, namespace)
         nxt = first_fire(spec, now)
+        if nxt is None and isinstance(spec.trigger, OnceTrigger) and isinstance(spec.trigger.once, datetime):
+            instant = spec.trigger.once
+            if instant < now and now - instant <= spec.catchup.grace:
+                nxt = instant  # a moment late (a slow request): it runs at once rather than never
+            elif instant < now and not many:
+                raise ScheduleError(
+                    f"the once instant {instant.isoformat()} has passed: give a later one, or once: now",
+                    field="trigger.once",
+                )
         row = ScheduleRow(
             id=str(uuid.uuid4()),
             namespace=namespace,
@@ -316,7 +339,13 @@ class SchedulerService:
     ) -> ScheduleView:
         with self.db.write() as session:
             row = self._insert(session, spec, actor, origin or make_origin(None))
+            lease_until = self.local.accepts(row.namespace) if self.local is not None else None
+            if lease_until is not None and row.attention_at is not None:
+                # The scheduler of this process owns it from the start: no claim round before its first fire.
+                row.owner, row.lease_until = self.local.id, lease_until  # type: ignore[union-attr]
             view = schedule_view(row)
+        if row.owner is not None and self.local is not None:
+            self.local.adopt([row])
         self._changed([view.id])
         return view
 
