@@ -699,8 +699,7 @@ class SchedulerInstance:
             owned = self._owned.get(row.id)
         if owned is None:
             return
-        view = run_view(run, row).model_dump(mode="json")
-        self._notify(owned, "interrupted", view)
+        self._notify(owned, "interrupted", lambda: run_view(run, row).model_dump(mode="json"))
         owned.last_outcome = "interrupted"
         self._writer.put("schedule", {"id": owned.id, "last_outcome": "interrupted"})
         self._maybe_retry(owned, _planned(run, 0), run.ended_at or self.clock.now(), "interrupted")
@@ -1057,21 +1056,24 @@ class SchedulerInstance:
         with self._lock:
             owned.running.pop(planned.run_id, None)
             mine = self._owned.get(owned.id) is owned
-        view = {
-            "id": planned.run_id,
-            "schedule_id": owned.id,
-            "namespace": owned.namespace,
-            "schedule": owned.name,
-            "scheduled_at": planned.scheduled_at.isoformat(),
-            "attempt": planned.attempt,
-            "cause": planned.cause,
-            "state": state,
-            "started_at": active.started_at.isoformat(),
-            "ended_at": ended.isoformat(),
-            "duration_s": (ended - active.started_at).total_seconds(),
-            "exit_code": exit_code,
-            "error": error,
-        }
+
+        def view() -> dict[str, Any]:
+            return {
+                "id": planned.run_id,
+                "schedule_id": owned.id,
+                "namespace": owned.namespace,
+                "schedule": owned.name,
+                "scheduled_at": planned.scheduled_at.isoformat(),
+                "attempt": planned.attempt,
+                "cause": planned.cause,
+                "state": state,
+                "started_at": active.started_at.isoformat(),
+                "ended_at": ended.isoformat(),
+                "duration_s": (ended - active.started_at).total_seconds(),
+                "exit_code": exit_code,
+                "error": error,
+            }
+
         if state not in ("skipped", "cancelled"):
             self._notify(owned, state, view)
             if owned.last_outcome != state:
@@ -1145,14 +1147,18 @@ class SchedulerInstance:
         return True
 
     # -- events ----------------------------------------------------------------------------------------------
-    def _notify(self, owned: _Owned, state: str, view: dict[str, Any]) -> None:
+    def _notify(self, owned: _Owned, state: str, view: dict[str, Any] | Callable[[], dict[str, Any]]) -> None:
         if self.notifier is None:
             return
-        for event in events_for(state, owned.last_outcome):
+        events = events_for(state, owned.last_outcome)
+        if events == ["success"] and not any("success" in target.on for target in owned.spec.notify):
+            return  # the common case at high rates: nobody asked to hear of it (the run row says it)
+        run = view() if callable(view) else view
+        for event in events:
             self.notifier.notify(
                 owned.spec.notify,
                 RunEvent(
-                    event=event, namespace=owned.namespace, schedule=owned.name, run=view, at=self.clock.now()
+                    event=event, namespace=owned.namespace, schedule=owned.name, run=run, at=self.clock.now()
                 ),
             )
 
