@@ -431,17 +431,22 @@ class SchedulerInstance:
     def _reap_dead_instances(self) -> None:
         """Instances on this host whose process is gone, or anywhere whose heartbeat stopped long ago."""
         now = self.clock.now()
-        with self.db.write() as session:
-            rows = session.scalars(
-                select(SchedulerInstanceRow).where(SchedulerInstanceRow.id != self.id)
+        with self.db.read() as session:
+            rows = session.execute(
+                select(
+                    SchedulerInstanceRow.id,
+                    SchedulerInstanceRow.host,
+                    SchedulerInstanceRow.pid,
+                    SchedulerInstanceRow.heartbeat_at,
+                ).where(SchedulerInstanceRow.id != self.id)
             ).all()
-            dead = []
-            for row in rows:
-                gone = row.host == self.host and not _pid_alive(row.pid)
-                stale = row.heartbeat_at < now - 3 * self.settings.lease
-                if gone or stale:
-                    dead.append(row.id)
-            if dead:
+        dead = [
+            instance_id
+            for instance_id, host, pid, heartbeat_at in rows
+            if (host == self.host and not _pid_alive(pid)) or heartbeat_at < now - 3 * self.settings.lease
+        ]
+        if dead:
+            with self.db.write() as session:
                 # Due for attention now, paused or not: what the dead one left running must be recorded.
                 session.execute(
                     update(ScheduleRow)
@@ -601,6 +606,24 @@ class SchedulerInstance:
         horizon = now + self.settings.lookahead
         interrupted: list[tuple[RunRow, ScheduleRow]] = []
         claimed: list[tuple[ScheduleRow, list[RunRow]]] = []
+        claimable = (
+            select(ScheduleRow.id)
+            .where(
+                ScheduleRow.deleted.is_(False),
+                ScheduleRow.attention_at <= horizon,
+                or_(
+                    ScheduleRow.owner.is_(None),
+                    and_(ScheduleRow.lease_until < now, ScheduleRow.owner != self.id),
+                ),
+            )
+            .limit(1)
+        )
+        if self.settings.namespaces is not None:
+            claimable = claimable.where(ScheduleRow.namespace.in_(sorted(self.settings.namespaces)))
+        with self.db.read() as session:
+            # Most rounds have nothing to claim: a read costs no write lock (SQLite has one for everybody).
+            if session.scalar(claimable) is None:
+                return
         with self.db.write() as session:
             query = (
                 select(ScheduleRow)
