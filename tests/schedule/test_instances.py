@@ -76,9 +76,11 @@ def once(name: str, at: str, path: Path) -> ScheduleSpec:
 
 
 @pytest.mark.slow
-def test_two_instances_fire_1000_schedules_exactly_once(
-    store: Database, database_url: str, tmp_path: Path
-) -> None:
+def test_two_instances_fire_1000_schedules_exactly_once(postgres_url: str, tmp_path: Path) -> None:
+    """The issue's case: two scheduler processes on one PostgreSQL (several processes on SQLite are tested below)."""
+    database_url = postgres_url
+    store = Database(database_url)
+    upgrade(store)
     marks = tmp_path / "marks.txt"
     service = SchedulerService(store)
     procs = [SchedulerProcess(database_url, tmp_path / f"d{i}", tmp_path / f"sched{i}.log") for i in range(2)]
@@ -131,10 +133,10 @@ def test_interval_schedules_on_two_instances_never_double_fire(
     procs = [SchedulerProcess(database_url, tmp_path / f"d{i}", tmp_path / f"sched{i}.log") for i in range(2)]
     try:
         service.apply(specs, "ha")
-        time.sleep(3)
+        time.sleep(2.5)
         # One instance dies hard mid-way; the other must carry on with its schedules.
         procs[0].kill()
-        time.sleep(6)
+        time.sleep(4.5)
         for spec in specs:
             service.pause(f"ha/{spec.name}")
         time.sleep(1)

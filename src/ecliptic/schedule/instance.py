@@ -304,6 +304,7 @@ class SchedulerInstance:
         for target, name in (
             (self._control_loop, "ecliptic-schedule-control"),
             (self._timer_loop, "ecliptic-schedule-timer"),
+            (self._heartbeat_loop, "ecliptic-schedule-heartbeat"),
         ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -382,12 +383,19 @@ class SchedulerInstance:
             self._control_wake.wait(self.settings.tick)
             self._control_wake.clear()
 
+    def _heartbeat_loop(self) -> None:
+        # A thread of its own: a long planning round under overload must not let the leases lapse.
+        while not self._stop.is_set():
+            try:
+                self._renew()
+                self._reap_dead_instances()
+            except Exception:
+                log.exception("scheduler heartbeat failed; retrying")
+            self._stop.wait(self.settings.heartbeat.total_seconds())
+
     def step(self) -> None:
-        """One control round: renew, reload what changed, claim, plan."""
+        """One control round: reload what changed, claim, plan (the heartbeat thread renews the leases)."""
         mono = time.monotonic()
-        if mono - self._last_renew >= self.settings.heartbeat.total_seconds():
-            self._renew()
-            self._reap_dead_instances()
         if mono - self._last_housekeeping >= 10:
             self._last_housekeeping = mono
             self._housekeeping()
@@ -401,6 +409,9 @@ class SchedulerInstance:
         started = time.monotonic()
         now = self.clock.now()
         lease_until = now + self.settings.lease
+        with self._lock:
+            # Only these can be judged lost: a schedule claimed while this renewal runs is not in its snapshot.
+            before = set(self._owned)
         with self.db.write() as session:
             session.execute(
                 update(SchedulerInstanceRow)
@@ -420,7 +431,7 @@ class SchedulerInstance:
         # A margin, so that a lease is never relied on in its last second (clocks and commits are not instant).
         self._lease_good_until = started + self.settings.lease.total_seconds() - 1.0
         with self._lock:
-            lost = [sid for sid in self._owned if sid not in still]
+            lost = [sid for sid in before if sid not in still and sid in self._owned]
             for sid in lost:
                 log.warning("schedule %s is no longer ours; dropping it", sid)
                 self._drop(sid, "its lease passed to another scheduler")
@@ -961,11 +972,17 @@ class SchedulerInstance:
                 owned = self._owned.get(planned.schedule_id)
                 if owned is None or planned.run_id not in owned.pending:
                     continue  # withdrawn (paused, updated, deleted, or no longer ours)
+                if not self._lease_ok():
+                    # Not sure it is still ours: wait for the heartbeat (which drops it if it is not), a little
+                    # late rather than twice.
+                    log.debug("run %d waits: this scheduler's lease may have lapsed", planned.run_id)
+                    heapq.heappush(
+                        self._heap,
+                        _Planned(now + timedelta(milliseconds=100), next(self._seq), *_rest(planned)),
+                    )
+                    continue
                 del owned.pending[planned.run_id]
                 self._dispatched[planned.run_id] = time.monotonic()
-                if not self._lease_ok():
-                    log.warning("not starting run %d: this scheduler's lease may have lapsed", planned.run_id)
-                    continue
                 self._dispatch(owned, planned)
 
     def _dispatch(self, owned: _Owned, planned: _Planned) -> None:
@@ -1220,6 +1237,10 @@ _TIMING = ("trigger", "timezone", "start", "end", "exclude", "max_runs", "jitter
 
 def _retimed(before: ScheduleSpec, after: ScheduleSpec) -> bool:
     return any(getattr(before, key) != getattr(after, key) for key in _TIMING)
+
+
+def _rest(planned: _Planned) -> tuple[int, str, datetime, int, str]:
+    return planned.run_id, planned.schedule_id, planned.scheduled_at, planned.attempt, planned.cause
 
 
 def _planned(run: RunRow, seq: int) -> _Planned:
