@@ -2,41 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.conftest import LiveServer, make_settings
+from tests.conftest import LiveServer
 from tests.schedule.test_api import wait_for_run
-from tests.web.test_ui import CHROMIUM, CHROMIUM_ARGS
-
-
-@pytest.fixture
-def ui_server(tmp_path: Path) -> Iterator[LiveServer]:
-    settings = make_settings(tmp_path / "data", f"sqlite:///{tmp_path / 'store.sqlite'}")
-    with LiveServer(settings) as live:
-        yield live
-
-
-@pytest.fixture
-def page(tmp_path: Path) -> Iterator[Any]:
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must have Debian's chromium installed (.ci/run installs it)")
-        pytest.skip("Debian's chromium package is not installed")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 1000}, timezone_id="UTC")
-        context.set_default_timeout(30_000)
-        yield context.new_page()
-        browser.close()
-
 
 SCHEDULE = """\
 name: greet

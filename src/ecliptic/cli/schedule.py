@@ -53,6 +53,7 @@ from rich.text import Text
 from ecliptic.cli import render
 from ecliptic.cli import schedule_render as show
 from ecliptic.config import Settings, SettingsError, get_settings
+from ecliptic.humantime import relative
 from ecliptic.isotime import utcnow
 
 # The scheduler and the store are imported where they are used: `ecliptic --help` and the client commands
@@ -1041,9 +1042,7 @@ def resume(job: JobArgument) -> None:
     line = Text.assemble((_ref(view), "bold"), " is ", ("resumed", "green"))
     if view.next_fire_at is not None:
         zone = show.zone_of(view.spec.timezone)
-        line.append(
-            f"; next fire {show.zoned(view.next_fire_at, zone)} ({show.relative(view.next_fire_at, now)})"
-        )
+        line.append(f"; next fire {show.zoned(view.next_fire_at, zone)} ({relative(view.next_fire_at, now)})")
     else:
         line.append("; it has no fire time left", style="dim")
     _console().print(line)

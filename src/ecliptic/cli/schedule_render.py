@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ecliptic.cli.render import span
+from ecliptic.humantime import relative
 
 if TYPE_CHECKING:  # only for annotations: importing the scheduler costs every `ecliptic` start
     from ecliptic.schedule.service import NamespaceView
@@ -72,30 +73,6 @@ def clock(value: datetime | None, zone: tzinfo, *, millis: bool = False) -> str:
 
 def utc(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else ""
-
-
-def _amount(seconds: float) -> str:
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, secs = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes} min" + (f" {secs} s" if secs and minutes < 10 else "")
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h" + (f" {minutes} min" if minutes else "")
-    days, hours = divmod(hours, 24)
-    return f"{days} d" + (f" {hours} h" if hours else "")
-
-
-def relative(value: datetime | None, now: datetime) -> str:
-    """``in 12 s``, ``in 5 min``, ``in 2 h 5 min``, ``3 d ago``; ``now`` within half a second."""
-    if value is None:
-        return ""
-    delta = (value - now).total_seconds()
-    if abs(delta) < 0.5:
-        return "now"
-    return f"in {_amount(delta)}" if delta > 0 else f"{_amount(-delta)} ago"
 
 
 def took(seconds: float | None) -> str:

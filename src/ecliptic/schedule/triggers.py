@@ -40,6 +40,7 @@ import datetime as _datetime_module
 import re
 import threading
 import types
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -90,7 +91,7 @@ def check(spec: ScheduleSpec) -> None:
 # -- compiled triggers --------------------------------------------------------------------------------------
 
 
-class CompiledTrigger:
+class CompiledTrigger(ABC):
     """A schedule's fire times. Build one with :func:`compile_trigger`; safe to share between threads."""
 
     def __init__(self, spec: ScheduleSpec, created: datetime) -> None:
@@ -101,9 +102,9 @@ class CompiledTrigger:
         self.end = spec.end.astimezone(UTC) if spec.end is not None else None
         self.calendar = ExclusionCalendar(spec.exclude, spec.timezone) if spec.exclude else None
 
+    @abstractmethod
     def _candidate_after(self, after: datetime) -> datetime | None:
         """The first time of the bare trigger strictly after ``after`` (UTC), ignoring window and exclusions."""
-        raise NotImplementedError
 
     def next_after(self, after: datetime) -> datetime | None:
         """The first fire time strictly after ``after``, or None when there is none."""
@@ -177,6 +178,9 @@ class _Delay(CompiledTrigger):
     def __init__(self, spec: ScheduleSpec, created: datetime, trigger: IntervalTrigger) -> None:
         super().__init__(spec, created)
         self.every = trigger.every
+
+    def _candidate_after(self, after: datetime) -> datetime | None:
+        return after + self.every
 
     def next_after(self, after: datetime) -> datetime | None:
         """``every`` after ``after`` (the end of the previous run), moved past start and exclusions."""

@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import StrictUndefined
 
+from ecliptic.humantime import relative
 from ecliptic.isotime import format_instant
 from ecliptic.schedule.service import NotFound, SchedulerService
 from ecliptic.schedule.spec import RunView, ScheduleView
@@ -36,24 +37,6 @@ run:
 """
 
 RUNS_SHOWN = 100
-
-
-def relative(when: datetime, now: datetime) -> str:
-    """``in 3 min``, ``12 s ago``: how far ``when`` is from ``now``, in the largest unit that fits."""
-    seconds = (when - now).total_seconds()
-    size = abs(seconds)
-    if size < 1:
-        return "now"
-    if size < 60:
-        text = f"{size:.0f} s"
-    elif size < 3600:
-        text = f"{size // 60:.0f} min"
-    elif size < 86400:
-        text = f"{size // 3600:.0f} h {size % 3600 // 60:.0f} min"
-    else:
-        days = size // 86400
-        text = "1 day" if days == 1 else f"{days:.0f} days"
-    return f"in {text}" if seconds > 0 else f"{text} ago"
 
 
 def seconds(value: float | None) -> str:
