@@ -190,14 +190,16 @@ def _all_processes() -> Iterator[ProcessInfo]:
 
 
 def live_group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in the group; a zombie holds no resources and cannot be killed anyway."""
+    """Live (non-zombie) processes in the group; a zombie holds no resources and cannot be killed anyway.
+
+    A ``killpg(pgid, 0)`` first spares the scan of ``/proc`` in the usual case of a group that is gone."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return []
+    except PermissionError:
+        pass
     if not _HAVE_PROC:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return []
-        except PermissionError:
-            pass
         return [pgid]
     return [p.pid for p in _all_processes() if p.pgid == pgid]
 

@@ -43,6 +43,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from ecliptic.engine.clock import Clock, SystemClock
 from ecliptic.schedule import runners, triggers
@@ -617,41 +618,18 @@ class SchedulerInstance:
         horizon = now + self.settings.lookahead
         interrupted: list[tuple[RunRow, ScheduleRow]] = []
         claimed: list[tuple[ScheduleRow, list[RunRow]]] = []
-        claimable = (
-            select(ScheduleRow.id)
-            .where(
-                ScheduleRow.deleted.is_(False),
-                ScheduleRow.attention_at <= horizon,
-                or_(
-                    ScheduleRow.owner.is_(None),
-                    and_(ScheduleRow.lease_until < now, ScheduleRow.owner != self.id),
-                ),
-            )
-            .limit(1)
-        )
-        if self.settings.namespaces is not None:
-            claimable = claimable.where(ScheduleRow.namespace.in_(sorted(self.settings.namespaces)))
+        wanted = self._claimable(now, horizon)
         with self.db.read() as session:
             # Most rounds have nothing to claim: a read costs no write lock (SQLite has one for everybody).
-            if session.scalar(claimable) is None:
+            if session.scalar(select(ScheduleRow.id).where(*wanted).limit(1)) is None:
                 return
         with self.db.write() as session:
             query = (
                 select(ScheduleRow)
-                .where(
-                    ScheduleRow.deleted.is_(False),
-                    ScheduleRow.attention_at <= horizon,
-                    # Never from itself: after a wall-clock jump its own leases look lapsed until it renews.
-                    or_(
-                        ScheduleRow.owner.is_(None),
-                        and_(ScheduleRow.lease_until < now, ScheduleRow.owner != self.id),
-                    ),
-                )
+                .where(*wanted)
                 .order_by(ScheduleRow.attention_at)
                 .limit(self.settings.claim_batch)
             )
-            if self.settings.namespaces is not None:
-                query = query.where(ScheduleRow.namespace.in_(sorted(self.settings.namespaces)))
             if self.db.is_postgres:
                 query = query.with_for_update(skip_locked=True)
             rows = session.scalars(query).all()
@@ -700,6 +678,20 @@ class SchedulerInstance:
         for run, row in interrupted:
             self._after_interrupted(run, row)
         log.debug("claimed %d schedules", len(claimed))
+
+    def _claimable(self, now: datetime, horizon: datetime) -> list[ColumnElement[bool]]:
+        """Schedules this instance may take: due soon, and unowned or with a lapsed lease."""
+        wanted: list[ColumnElement[bool]] = [
+            ScheduleRow.deleted.is_(False),
+            ScheduleRow.attention_at <= horizon,
+            # Never from itself: after a wall-clock jump its own leases look lapsed until it renews.
+            or_(
+                ScheduleRow.owner.is_(None), and_(ScheduleRow.lease_until < now, ScheduleRow.owner != self.id)
+            ),
+        ]
+        if self.settings.namespaces is not None:
+            wanted.append(ScheduleRow.namespace.in_(sorted(self.settings.namespaces)))
+        return wanted
 
     def _start_watch_for(self, claimed: list[tuple[ScheduleRow, list[RunRow]]]) -> None:
         with self._lock:

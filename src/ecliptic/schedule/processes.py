@@ -49,21 +49,9 @@ def process_identity(pid: int) -> str | None:
     return f"{boot_id()}:{info.start_ticks}"
 
 
-def live_members(pgid: int) -> list[int]:
-    """The live (non-zombie) processes in the group; a quick ``killpg(pgid, 0)`` first spares the scan of
-    ``/proc`` in the usual case of a group that is gone altogether."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return []
-    except PermissionError:
-        pass
-    return live_group_members(pgid)
-
-
 def group_alive(pgid: int) -> bool:
     """Whether any live (non-zombie) process is in the group."""
-    return bool(live_members(pgid))
+    return bool(live_group_members(pgid))
 
 
 def reap_group(pgid: int) -> None:
@@ -233,7 +221,7 @@ def supervise(
     returncode = proc.returncode
     assert returncode is not None
 
-    leftovers = len(live_members(pgid))
+    leftovers = len(live_group_members(pgid))
     if leftovers:
         if kill_at is None:
             signal_group(pgid, signal.SIGTERM)
