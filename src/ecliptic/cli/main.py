@@ -9,7 +9,7 @@ import threading
 import typer
 
 from ecliptic import __version__
-from ecliptic.cli import client, schedule
+from ecliptic.cli import client, mesh, schedule
 from ecliptic.config import Settings, SettingsError, get_settings
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app = typer.Typer(
 )
 client.register(app)
 schedule.register(app)
+mesh.register(app)
 
 
 def _version(value: bool) -> None:
