@@ -30,12 +30,20 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 30.0, what: str =
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f" (last error: {last})" if last else ""))
+    raise AssertionError(
+        f"timed out after {timeout} s waiting for {what}" + (f" (last error: {last})" if last else "")
+    )
 
 
-def cli(*args: str, input: bytes | None = None, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+def cli(
+    *args: str, input: bytes | None = None, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[bytes]:
     result = subprocess.run(
-        [sys.executable, "-m", "ecliptic", "mesh", *args], input=input, capture_output=True, env=ENV, timeout=timeout
+        [sys.executable, "-m", "ecliptic", "mesh", *args],
+        input=input,
+        capture_output=True,
+        env=ENV,
+        timeout=timeout,
     )
     if check and result.returncode != 0:
         raise AssertionError(
@@ -54,7 +62,9 @@ class PodProcess:
         conflict: str = "network",
         sync_interval: float = 0.2,
         extra: tuple[str, ...] = (),
+        join_token: str | None = None,
     ) -> None:
+        self.join_token = join_token
         self.root = root
         self.name = name or root.name
         self.join = join
@@ -69,11 +79,25 @@ class PodProcess:
 
     def command(self) -> list[str]:
         args = [
-            sys.executable, "-m", "ecliptic", "mesh", "start", "--root", str(self.root), "--listen", self.address,
-            "--name", self.name, "--sync-interval", str(self.sync_interval), "--conflict", self.conflict, *self.extra,
+            sys.executable,
+            "-m",
+            "ecliptic",
+            "mesh",
+            "start",
+            "--root",
+            str(self.root),
+            "--listen",
+            self.address,
+            "--name",
+            self.name,
+            "--sync-interval",
+            str(self.sync_interval),
+            "--conflict",
+            self.conflict,
+            *self.extra,
         ]
         if self.join is not None:
-            args += ["--join", self.join.address, "--token", self.join.token()]
+            args += ["--join", self.join.address, "--token", self.join_token or self.join.token()]
         return args
 
     def start(self, *, wait: bool = True) -> PodProcess:
@@ -81,10 +105,13 @@ class PodProcess:
         with self.log.open("ab") as handle:
             self.process = subprocess.Popen(self.command(), stdout=handle, stderr=subprocess.STDOUT, env=ENV)
         if wait:
+
             def listening() -> bool:
                 assert self.process is not None
                 if self.process.poll() is not None:
-                    raise AssertionError(f"pod {self.name} exited {self.process.returncode}:\n{self.log.read_text()[offset:]}")
+                    raise AssertionError(
+                        f"pod {self.name} exited {self.process.returncode}:\n{self.log.read_text()[offset:]}"
+                    )
                 text = self.log.read_text()[offset:]
                 for line in text.splitlines():
                     if " listening on " in line:
@@ -146,8 +173,12 @@ class Network:
         self.base = base
         self.pods: list[PodProcess] = []
 
-    def pod(self, name: str, *, join: PodProcess | None | bool = True, start: bool = True, **kwargs: Any) -> PodProcess:
-        sponsor = self.pods[0] if join is True and self.pods else (join if isinstance(join, PodProcess) else None)
+    def pod(
+        self, name: str, *, join: PodProcess | bool | None = True, start: bool = True, **kwargs: Any
+    ) -> PodProcess:
+        sponsor = (
+            self.pods[0] if join is True and self.pods else (join if isinstance(join, PodProcess) else None)
+        )
         pod = PodProcess(self.base / name, name=name, join=sponsor, **kwargs)
         self.pods.append(pod)
         return pod.start() if start else pod

@@ -19,7 +19,14 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from ecliptic.mesh.wire import MeshError
@@ -40,7 +47,9 @@ PodOption = Annotated[
 ]
 TokenOption = Annotated[
     str | None,
-    typer.Option("--token", envvar="ECLIPTIC_MESH_TOKEN", help="The network's token (needed off the pod's host)."),
+    typer.Option(
+        "--token", envvar="ECLIPTIC_MESH_TOKEN", help="The network's token (needed off the pod's host)."
+    ),
 ]
 
 _out = Console()
@@ -53,7 +62,7 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 
 @contextlib.contextmanager
-def _client(pod: str, token: str | None) -> Iterator["MeshClient"]:
+def _client(pod: str, token: str | None) -> Iterator[MeshClient]:
     from ecliptic.mesh.client import MeshClient
 
     try:
@@ -102,15 +111,27 @@ def _progress() -> Progress:
 def start(
     root: Annotated[Path, typer.Option("--root", help="The pod's directory (created if missing).")],
     listen: Annotated[str, typer.Option("--listen", help="HOST:PORT to listen on.")] = DEFAULT_POD,
-    join: Annotated[str | None, typer.Option("--join", help="A pod of the network to join (HOST:PORT).")] = None,
-    token: Annotated[str | None, typer.Option("--token", envvar="ECLIPTIC_MESH_TOKEN", help="Join token.")] = None,
-    advertise: Annotated[str | None, typer.Option(help="HOST:PORT other pods dial (default: --listen).")] = None,
-    name: Annotated[str | None, typer.Option(help="The pod's name (default: pod.toml's, or the host name).")] = None,
+    join: Annotated[
+        str | None, typer.Option("--join", help="A pod of the network to join (HOST:PORT).")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="ECLIPTIC_MESH_TOKEN", help="Join token.")
+    ] = None,
+    advertise: Annotated[
+        str | None, typer.Option(help="HOST:PORT other pods dial (default: --listen).")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="The pod's name (default: pod.toml's, or the host name).")
+    ] = None,
     conflict: Annotated[
         str,
-        typer.Option(help="Files already in --root that the network also has: keep the 'network' version, the 'local' one, or the 'newest'."),
+        typer.Option(
+            help="Files already in --root that the network also has: keep the 'network' version, the 'local' one, or the 'newest'."
+        ),
     ] = "network",
-    sync_interval: Annotated[float, typer.Option(help="Seconds between anti-entropy rounds with each peer.")] = 1.0,
+    sync_interval: Annotated[
+        float, typer.Option(help="Seconds between anti-entropy rounds with each peer.")
+    ] = 1.0,
 ) -> None:
     """Run a pod in the foreground: a new network, or --join one with --token."""
     from ecliptic.mesh.importer import CONFLICTS
@@ -128,6 +149,13 @@ def start(
                 _fail(f"{option}: {exc}", 2)
     if join and not token:
         _fail("--join needs --token: print one on a member with `ecliptic mesh token --pod ADDRESS`", 2)
+    if token:
+        from ecliptic.mesh.identity import JoinToken
+
+        try:
+            JoinToken.parse(token)
+        except ValueError as exc:
+            _fail(f"--token: {exc}", 2)
     if root.exists() and not root.is_dir():
         _fail(f"--root {root} is not a directory", 2)
     root.mkdir(parents=True, exist_ok=True)
@@ -137,7 +165,13 @@ def start(
         print(f"pod {pod.node_id} ({pod._name()}) listening on {pod.address}, network {network}", flush=True)
 
     options = PodOptions(
-        root=root, listen=listen, advertise=advertise, name=name, join=join, token=token, conflict=conflict,
+        root=root,
+        listen=listen,
+        advertise=advertise,
+        name=name,
+        join=join,
+        token=token,
+        conflict=conflict,
         sync_interval=sync_interval,
     )
     try:
@@ -167,8 +201,15 @@ def pods(pod: PodOption = DEFAULT_POD, token: TokenOption = None) -> None:
     table = Table("node", "name", "address", "state", "reach", "files", "held", "free", "capacity")
     for row in rows:
         table.add_row(
-            row["node"][:12], row["name"], row["address"], row["state"], row["reach"], str(row["files"]),
-            _bytes(row["bytes"]), _bytes(row["free"]), _bytes(row["capacity"]),
+            row["node"][:12],
+            row["name"],
+            row["address"],
+            row["state"],
+            row["reach"],
+            str(row["files"]),
+            _bytes(row["bytes"]),
+            _bytes(row["free"]),
+            _bytes(row["capacity"]),
         )
     _out.print(table)
 
@@ -206,14 +247,19 @@ def leave(pod: PodOption = DEFAULT_POD, token: TokenOption = None) -> None:
 @mesh_app.command()
 def relocate(
     paths: Annotated[list[str], typer.Argument(help="Files or directories to move.")],
-    to: Annotated[str, typer.Option("--to", help="The pod to move them to (node id prefix, name or address).")],
+    to: Annotated[
+        str, typer.Option("--to", help="The pod to move them to (node id prefix, name or address).")
+    ],
     pod: PodOption = DEFAULT_POD,
     token: TokenOption = None,
 ) -> None:
     """Move files' blocks to another pod (their paths do not change)."""
     with _client(pod, token) as client:
         result = client.relocate(paths, to)
-    _out.print(f"moved {result['moved']} files" + (f", {result['skipped']} changed meanwhile and were left" if result["skipped"] else ""))
+    _out.print(
+        f"moved {result['moved']} files"
+        + (f", {result['skipped']} changed meanwhile and were left" if result["skipped"] else "")
+    )
 
 
 # -- files ---------------------------------------------------------------------------------------------------
@@ -230,11 +276,10 @@ def ls(
 
     with _client(pod, token) as client:
         entry = client.stat(path)
-        if recursive:
-            items = [(p, e) for p, e in client.walk(path) if p != path.rstrip("/") or e.kind != "dir"]
-            items = [(p, e) for p, e in items if e.id != entry.id or entry.kind != "dir"]
+        if recursive and entry.kind == "dir":
+            items = sorted(list(client.walk(path))[1:], key=lambda item: item[0])
         elif entry.kind == "dir":
-            items = [(f"{path.rstrip('/')}/{e.name}" if False else e.name, e) for e in client.children(entry.id)]
+            items = [(e.name, e) for e in client.children(entry.id)]
         else:
             items = [(entry.name, entry)]
     for shown, item in items:
@@ -268,7 +313,9 @@ def put(
             if local.is_dir():
                 client.mkdir(target, parents=True, exist_ok=True)
                 for folder in sorted(p for p in local.rglob("*") if p.is_dir()):
-                    client.mkdir(f"{target}/{folder.relative_to(local).as_posix()}", parents=True, exist_ok=True)
+                    client.mkdir(
+                        f"{target}/{folder.relative_to(local).as_posix()}", parents=True, exist_ok=True
+                    )
             for path in files:
                 destination = target if local.is_file() else f"{target}/{path.relative_to(local).as_posix()}"
                 client.put_file(path, destination, progress=lambda n: bar.advance(task, n))
@@ -278,7 +325,9 @@ def put(
 @mesh_app.command()
 def get(
     remote: Annotated[str, typer.Argument(help="A file or directory in the network.")],
-    local: Annotated[Path, typer.Argument(help="Where to write it (a directory keeps the name).")] = Path("."),
+    local: Annotated[Path, typer.Argument(help="Where to write it (a directory keeps the name).")] = Path(
+        "."
+    ),
     pod: PodOption = DEFAULT_POD,
     token: TokenOption = None,
 ) -> None:
@@ -323,7 +372,9 @@ def cat(
 @mesh_app.command()
 def rm(
     paths: Annotated[list[str], typer.Argument(help="Files or directories in the network.")],
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Directories and their contents.")] = False,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Directories and their contents.")
+    ] = False,
     pod: PodOption = DEFAULT_POD,
     token: TokenOption = None,
 ) -> None:
@@ -339,7 +390,9 @@ def rm(
 @mesh_app.command()
 def mkdir(
     paths: Annotated[list[str], typer.Argument(help="Directories to make.")],
-    parents: Annotated[bool, typer.Option("--parents", "-p", help="Make missing parents; no error if it exists.")] = False,
+    parents: Annotated[
+        bool, typer.Option("--parents", "-p", help="Make missing parents; no error if it exists.")
+    ] = False,
     pod: PodOption = DEFAULT_POD,
     token: TokenOption = None,
 ) -> None:
@@ -358,7 +411,7 @@ def mv(
 ) -> None:
     """Rename or move a file or directory within the network."""
     with _client(pod, token) as client:
-        client.rename(source, destination)
+        client.move(source, destination)
 
 
 @mesh_app.command()
@@ -366,7 +419,9 @@ def mount(
     mountpoint: Annotated[Path, typer.Argument(help="An empty directory to mount the network on.")],
     pod: PodOption = DEFAULT_POD,
     token: TokenOption = None,
-    allow_other: Annotated[bool, typer.Option(help="Let other users see the mount (needs user_allow_other).")] = False,
+    allow_other: Annotated[
+        bool, typer.Option(help="Let other users see the mount (needs user_allow_other).")
+    ] = False,
     debug: Annotated[bool, typer.Option(help="Log every FUSE operation.")] = False,
 ) -> None:
     """Mount the network with FUSE, in the foreground (unmount with Ctrl-C or `fusermount3 -u`)."""
@@ -375,7 +430,10 @@ def mount(
     try:
         from ecliptic.mesh.fuse import run_mount
     except ImportError as exc:
-        _fail(f"FUSE is not available: {exc}. Install the extra: pip install 'ecliptic[fuse]' (needs libfuse3)", 2)
+        _fail(
+            f"FUSE is not available: {exc}. Install the extra: pip install 'ecliptic[fuse]' (needs libfuse3)",
+            2,
+        )
     try:
         run_mount(mountpoint, pod, token=token, allow_other=allow_other, debug=debug)
     except MeshError as exc:
@@ -388,7 +446,9 @@ def mount(
 @config_app.command("generate")
 def config_generate(
     level: Annotated[str, typer.Argument(help="'network' or 'pod'.")] = "network",
-    template: Annotated[str, typer.Option(help="Which template (see the list in the error for an unknown one).")] = "minimal",
+    template: Annotated[
+        str, typer.Option(help="Which template (see the list in the error for an unknown one).")
+    ] = "minimal",
 ) -> None:
     """Print a commented configuration template."""
     from ecliptic.mesh import templates
@@ -404,7 +464,9 @@ def config_generate(
 def config_check(
     network: Annotated[Path | None, typer.Option("--network", help="A network-wide config file.")] = None,
     pod_file: Annotated[Path | None, typer.Option("--pod-file", help="A pod.toml.")] = None,
-    root: Annotated[Path | None, typer.Option("--root", help="The pod's directory, to check against its disk.")] = None,
+    root: Annotated[
+        Path | None, typer.Option("--root", help="The pod's directory, to check against its disk.")
+    ] = None,
 ) -> None:
     """Check configuration files: errors, warnings and advice, each with where and what to do."""
     from ecliptic.mesh.diagnostics import check_network, check_pod, exit_code, render
@@ -438,7 +500,11 @@ def config_show(pod: PodOption = DEFAULT_POD, token: TokenOption = None) -> None
     """Print the network-wide configuration as the network holds it (empty means all defaults)."""
     with _client(pod, token) as client:
         text = client.network_config()
-    print(text if text.strip() else "# empty: every setting has its default (see `ecliptic mesh config generate`)")
+    print(
+        text
+        if text.strip()
+        else "# empty: every setting has its default (see `ecliptic mesh config generate`)"
+    )
 
 
 @config_app.command("set")

@@ -61,7 +61,9 @@ class MeshClient:
             try:
                 sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
             except OSError as exc:
-                raise MeshError("EHOSTUNREACH", f"no pod answers at {self.address} ({exc.strerror or exc})") from None
+                raise MeshError(
+                    "EHOSTUNREACH", f"no pod answers at {self.address} ({exc.strerror or exc})"
+                ) from None
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
                 server_hello, _ = read_frame_sync(sock)
@@ -122,7 +124,9 @@ class MeshClient:
                         break
             except (OSError, ConnectionError) as exc:
                 self.close()
-                raise MeshError("EHOSTUNREACH", f"lost the pod at {self.address} during {op}: {exc}") from None
+                raise MeshError(
+                    "EHOSTUNREACH", f"lost the pod at {self.address} during {op}: {exc}"
+                ) from None
             raise_for_reply(header)
             return header.get("r"), reply_body
 
@@ -175,7 +179,9 @@ class MeshClient:
             self.mkdir(parent_path, mode=mode, parents=True, exist_ok=True)
         parent = self.stat(parent_path)
         try:
-            result, _ = self.call("create", parent=parent.id, name=name, kind="dir", mode=mode, exclusive=not exist_ok)
+            result, _ = self.call(
+                "create", parent=parent.id, name=name, kind="dir", mode=mode, exclusive=not exist_ok
+            )
         except MeshError as exc:
             if exc.code == "EEXIST" and exist_ok and self.stat(path).kind == "dir":
                 return self.stat(path)
@@ -185,13 +191,17 @@ class MeshClient:
     def create_file(self, path: str, *, mode: int = 0o644, exclusive: bool = False) -> Entry:
         parent_path, name = parent_and_name(path)
         parent = self.stat(parent_path)
-        result, _ = self.call("create", parent=parent.id, name=name, kind="file", mode=mode, exclusive=exclusive)
+        result, _ = self.call(
+            "create", parent=parent.id, name=name, kind="file", mode=mode, exclusive=exclusive
+        )
         return Entry.from_wire(result)
 
     def symlink(self, target: str, path: str) -> Entry:
         parent_path, name = parent_and_name(path)
         parent = self.stat(parent_path)
-        result, _ = self.call("create", parent=parent.id, name=name, kind="symlink", mode=0o777, target=target)
+        result, _ = self.call(
+            "create", parent=parent.id, name=name, kind="symlink", mode=0o777, target=target
+        )
         return Entry.from_wire(result)
 
     def chmod(self, path: str, mode: int) -> Entry:
@@ -214,20 +224,25 @@ class MeshClient:
         self.call("remove", entry=self.stat(path).id, directory=True)
 
     def rename(self, source: str, destination: str, *, replace: bool = True) -> Entry:
+        """POSIX rename: ``destination`` is the new path itself (see ``move`` for mv's "into a directory")."""
         entry = self.stat(source)
-        target = normalize(destination)
-        try:
-            existing = self.stat(target)
-        except MeshError as exc:
-            if exc.code != "ENOENT":
-                raise
-            existing = None
-        if existing is not None and existing.kind == "dir" and entry.kind != "dir":
-            target = f"{target.rstrip('/')}/{entry.name}"  # like mv: into the directory
-        parent_path, name = parent_and_name(target)
+        parent_path, name = parent_and_name(destination)
         parent = self.stat(parent_path)
         result, _ = self.call("rename", entry=entry.id, parent=parent.id, name=name, replace=replace)
         return Entry.from_wire(result)
+
+    def move(self, source: str, destination: str) -> Entry:
+        """Like mv: into ``destination`` when it is an existing directory, else to that path."""
+        target = normalize(destination)
+        try:
+            existing: Entry | None = self.stat(target)
+        except MeshError as exc:
+            if exc.code not in ("ENOENT", "ENOTDIR"):
+                raise
+            existing = None
+        if existing is not None and existing.kind == "dir":
+            target = f"{target.rstrip('/')}/{self.stat(source).name}"
+        return self.rename(source, target)
 
     # -- content -----------------------------------------------------------------------------------
     def read_block(self, entry: Entry, digest: str, offset: int, length: int) -> bytes:
@@ -242,7 +257,9 @@ class MeshClient:
                         return handle.read(length)
                 except FileNotFoundError:
                     continue  # trimmed from the cache between the answer and the open
-        _, data = self.call("read_block", hash=digest, holders=list(entry.holders), offset=offset, length=length)
+        _, data = self.call(
+            "read_block", hash=digest, holders=list(entry.holders), offset=offset, length=length
+        )
         return data
 
     def read(self, entry: Entry, offset: int = 0, size: int = -1) -> bytes:
@@ -275,7 +292,9 @@ class MeshClient:
             self.call("put_block", data, hash=digest)
         return digest, len(data)
 
-    def store_stream(self, stream: BinaryIO | Iterable[bytes], *, progress: Progress | None = None) -> list[Block]:
+    def store_stream(
+        self, stream: BinaryIO | Iterable[bytes], *, progress: Progress | None = None
+    ) -> list[Block]:
         block_size = self.block_size
         blocks: list[Block] = []
         pending = bytearray()
@@ -286,11 +305,11 @@ class MeshClient:
                 progress(len(data))
 
         chunks: Iterable[bytes]
-        if hasattr(stream, "read"):
+        if isinstance(stream, Iterable) and not hasattr(stream, "read"):
+            chunks = stream
+        else:
             reader: BinaryIO = stream  # type: ignore[assignment]
             chunks = iter(lambda: reader.read(block_size), b"")
-        else:
-            chunks = stream  # type: ignore[assignment]
         for chunk in chunks:
             if not pending and len(chunk) == block_size:
                 flush(chunk)
@@ -319,11 +338,41 @@ class MeshClient:
         mtime_ns: int | None = None,
         progress: Progress | None = None,
     ) -> Entry:
+        parent_path, name = parent_and_name(path)
+        parent = self.stat(parent_path)
+        if parent.kind != "dir":
+            raise MeshError("ENOTDIR", f"{parent_path} is not a directory")
         blocks = self.store_stream(stream, progress=progress)
-        entry = self.create_file(path, mode=mode)
-        if entry.kind != "file":
-            raise MeshError("EISDIR", f"{normalize(path)} is a directory")
-        return self.commit(entry, blocks, mtime_ns=mtime_ns)
+        try:
+            existing: Entry | None = self.stat(path)
+        except MeshError as exc:
+            if exc.code != "ENOENT":
+                raise
+            existing = None
+        if existing is not None:
+            if existing.kind != "file":
+                raise MeshError(
+                    "EISDIR" if existing.kind == "dir" else "EEXIST",
+                    f"{normalize(path)} is a {existing.kind}",
+                )
+            return self.commit(existing, blocks, mtime_ns=mtime_ns)
+        # A new file is created with its content in one version, so no pod ever lists it empty.
+        args: dict[str, Any] = {
+            "parent": parent.id,
+            "name": name,
+            "kind": "file",
+            "mode": mode,
+            "blocks": [list(b) for b in blocks],
+        }
+        if mtime_ns is not None:
+            args["mtime_ns"] = mtime_ns
+        try:
+            result, _ = self.call("create", **args)
+        except MeshError as exc:
+            if exc.code != "EEXIST":
+                raise
+            return self.commit(self.stat(path), blocks, mtime_ns=mtime_ns)  # created meanwhile: a new version
+        return Entry.from_wire(result)
 
     def write_bytes(self, path: str, data: bytes, *, mode: int = 0o644) -> Entry:
         return self.write_stream(path, [data], mode=mode)

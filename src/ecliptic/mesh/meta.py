@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
@@ -93,7 +94,9 @@ class MetaStore:
         self._lock = threading.RLock()
         self._seq = int(self.get_state("seq") or 0)
         if self.entry(ROOT_ID) is None:
-            self._write_entry(ROOT)
+            # The root is the same row on every pod and never shipped; its times are this pod's start.
+            now = time.time_ns()
+            self._write_entry(ROOT.evolve(mtime_ns=now, ctime_ns=now))
 
     def close(self) -> None:
         self._db.close()

@@ -57,7 +57,9 @@ class Namespace:
         target: str = "",
         exclusive: bool = True,
         mtime_ns: int | None = None,
+        blocks: Sequence[Block] = (),
     ) -> Entry:
+        """A new entry; a file may come with its content, so no pod ever sees it empty first."""
         check_name(name)
         folder = self._dir(parent)
         existing = self.meta.child(folder.id, name)
@@ -74,7 +76,8 @@ class Namespace:
             mode=mode & 0o7777,
             uid=uid,
             gid=gid,
-            size=len(target.encode()) if kind == "symlink" else 0,
+            size=len(target.encode()) if kind == "symlink" else size_of(blocks),
+            blocks=tuple(blocks) if kind == "file" else (),
             mtime_ns=now if mtime_ns is None else mtime_ns,
             ctime_ns=now,
             target=target,

@@ -105,7 +105,7 @@ class PeerLink:
         channel = await self.connect()
         try:
             return await channel.call(op, body, timeout=timeout, **args)
-        except (ConnectionError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, ConnectionError, OSError):
             await channel.close()
             if self.channel is channel:
                 self.channel = None

@@ -18,7 +18,7 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,7 @@ class Pod:
         self.address = options.advertise or options.listen
         self.stats = {"rows_received": 0, "blocks_fetched": 0, "bytes_fetched": 0, "blocks_served": 0}
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         self.token: JoinToken | None = None
         network = self.meta.get_state("network")
         if network:
@@ -247,10 +248,11 @@ class Pod:
     def _name(self) -> str:
         return self.options.name or self.pod_config.name or socket.gethostname()
 
-    def _announce(self) -> None:
+    def _announce(self, held: int | None = None) -> None:
         """Publish this pod's record (address, space) when it changed."""
         usage = shutil.disk_usage(self.state)
-        held, _ = self.blocks.usage()
+        if held is None:
+            held, _ = self.blocks.usage()
         capacity = self.pod_config.max_disk or usage.total
         free = max(min(usage.free - self.pod_config.reserve, capacity - held), 0)
         current = self.meta.pod(self.node_id)
@@ -296,7 +298,7 @@ class Pod:
             if record.state == "left":
                 if link is not None:
                     self.peers.pop(record.node_id)
-                    asyncio.create_task(link.stop())
+                    self._spawn(link.stop())
                 continue
             if link is None:
                 link = PeerLink(
@@ -314,7 +316,7 @@ class Pod:
             elif link.record.address != record.address:
                 link.record = record
                 if link.channel is not None:
-                    asyncio.create_task(link.channel.close())
+                    self._spawn(link.channel.close())
 
     async def _apply_from(self, link: PeerLink, changes: list[dict[str, Any]]) -> None:
         self._received(changes)
@@ -343,7 +345,13 @@ class Pod:
         }
         for session in list(self.sessions):
             if session.events and (notify_pods or session.role != "pod"):
-                asyncio.create_task(self._push(session, event))
+                self._spawn(self._push(session, event))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        # The loop keeps only weak references to tasks: hold them until they finish.
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _push(self, session: Session, event: Header) -> None:
         with contextlib.suppress(Exception):
@@ -354,7 +362,8 @@ class Pod:
         while True:
             await asyncio.sleep(min(5.0, self.options.sync_interval * 5))
             try:
-                self._announce()
+                held, _ = await asyncio.to_thread(self.blocks.usage)
+                self._announce(held)
                 if time.monotonic() - last_gc > min(30.0, max(self.network_config.gc_grace / 4, 1.0)):
                     await asyncio.to_thread(self.collect_garbage)
                     last_gc = time.monotonic()
@@ -425,7 +434,7 @@ class Pod:
             except MeshError as exc:
                 errors.append(f"{link.node_id[:8]}: {exc}")
                 continue
-            except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, ConnectionError, OSError) as exc:
                 errors.append(f"{link.node_id[:8]}: {type(exc).__name__}")
                 continue
             try:
@@ -453,13 +462,7 @@ class Pod:
         session = Session(writer, peer[0] if peer else "")
         try:
             await self._handshake(session, reader)
-        except (
-            ProtocolError,
-            MeshError,
-            asyncio.IncompleteReadError,
-            ConnectionError,
-            asyncio.TimeoutError,
-        ) as exc:
+        except (TimeoutError, ProtocolError, MeshError, asyncio.IncompleteReadError, ConnectionError) as exc:
             log.debug("handshake with %s failed: %s", session.peer_host, exc)
             writer.close()
             return
@@ -599,7 +602,8 @@ class Pod:
 
     async def take_over(self, ids: list[str], source: str) -> dict[str, Any]:
         """Take the blocks of the given entries from ``source`` and record this pod as their holder."""
-        done, skipped = [], []
+        done: list[str] = []
+        skipped: list[str] = []
         for entry_id in ids:
             entry = self.meta.entry(str(entry_id))
             if entry is None or entry.deleted:
@@ -616,10 +620,11 @@ class Pod:
 
     # -- operations: clients -----------------------------------------------------------------------
     async def op_info(self, session: Session, header: Header, body: bytes) -> tuple[Any, bytes]:
-        return self.info(), b""
+        usage = await asyncio.to_thread(self.blocks.usage)
+        return self.info(usage), b""
 
-    def info(self) -> dict[str, Any]:
-        held, cached = self.blocks.usage()
+    def info(self, usage: tuple[int, int]) -> dict[str, Any]:
+        held, cached = usage
         return {
             "node": self.node_id,
             "name": self._name(),
@@ -667,6 +672,12 @@ class Pod:
         return self.meta.path_of(self.meta.live(str(header["entry"]))), b""
 
     async def op_create(self, session: Session, header: Header, body: bytes) -> tuple[Any, bytes]:
+        blocks = [(str(h), int(n)) for h, n in header.get("blocks", ())]
+        for digest in unique_hashes(blocks):
+            if not self.blocks.holds(digest) and not self.blocks.promote(digest):
+                raise MeshError(
+                    "EINVAL", f"block {digest[:16]}… was not uploaded to this pod before the create"
+                )
         entry = self.namespace.create(
             str(header["parent"]),
             str(header["name"]),
@@ -677,6 +688,7 @@ class Pod:
             target=str(header.get("target", "")),
             exclusive=bool(header.get("exclusive", True)),
             mtime_ns=header.get("mtime_ns"),
+            blocks=blocks,
         )
         self.changed([entry])
         return entry.to_wire(), b""
@@ -926,7 +938,7 @@ class Pod:
                     continue
                 try:
                     result, _ = await link.call("vector_of", timeout=5.0)
-                except (MeshError, ConnectionError, OSError, asyncio.TimeoutError):
+                except (TimeoutError, MeshError, ConnectionError, OSError):
                     continue
                 if any(int(result.get(origin, 0)) < seq for origin, seq in seqs.items()):
                     lagging.append(record.node_id)
@@ -1015,4 +1027,4 @@ def run_pod(options: PodOptions, ready: Callable[[Pod], None] | None = None) -> 
     asyncio.run(main())
 
 
-__all__ = ["Pod", "PodOptions", "run_pod", "state_dir", "hash_bytes", "ROOT_ID"]
+__all__ = ["ROOT_ID", "Pod", "PodOptions", "hash_bytes", "run_pod", "state_dir"]
