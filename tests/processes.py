@@ -43,6 +43,7 @@ class ServerProcess:
             "ECLIPTIC_IDLE_POLL": "PT0.05S",
             "ECLIPTIC_RELEASE_MARGIN": "PT1S",
             "ECLIPTIC_LEASE": "PT5S",
+            "ECLIPTIC_MESH_EMBEDDED": "false",
             **env,
         }
         self.process: subprocess.Popen[bytes] | None = None

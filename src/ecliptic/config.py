@@ -121,6 +121,16 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8080.",
     )
 
+    mesh_pod: str | None = Field(
+        default=None,
+        description="The mesh pod this service reads the network through (HOST:PORT); default: its embedded pod.",
+    )
+    mesh_embedded: bool = Field(
+        default=True,
+        description="`serve` runs a one-pod mesh of its own in the data directory when no mesh_pod is given.",
+    )
+    mesh_listen: str = Field(default="127.0.0.1:7400", description="Where the embedded pod listens.")
+
     compat_silent_updates: bool = Field(
         default=False,
         description="Answer an illegal phase update with 200 and the unchanged session, as Calycopis does.",
@@ -136,6 +146,12 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    def mesh_address(self) -> str | None:
+        """The pod the service uses: the configured one, else its embedded pod's, else none."""
+        if self.mesh_pod:
+            return self.mesh_pod
+        return self.mesh_listen if self.mesh_embedded else None
 
     @property
     def sessions_dir(self) -> Path:

@@ -75,6 +75,20 @@ def serve(
         f"Ecliptic {__version__} on http://{host}:{port}/ (web UI at /ui/, API docs at /docs) — "
         f"store {application.state.services.db.engine.url!r}, data in {settings.data_dir}"
     )
+    pod = None
+    if settings.mesh_embedded and not settings.mesh_pod:
+        from ecliptic.mesh.embedded import EmbeddedPod
+
+        pod = EmbeddedPod(settings.data_dir / "mesh", settings.mesh_listen)
+        if pod.start():
+            typer.echo(f"Mesh: a one-pod network on {pod.address} (ecliptic mesh … --pod {pod.address})")
+        else:
+            typer.secho(
+                f"Mesh: the embedded pod did not start ({pod.error}); set ECLIPTIC_MESH_LISTEN to another "
+                "HOST:PORT, ECLIPTIC_MESH_POD to use a running pod, or ECLIPTIC_MESH_EMBEDDED=false",
+                err=True,
+                fg="yellow",
+            )
     # A bounded graceful shutdown: open event streams (/events) would otherwise hold Ctrl-C forever.
     uvicorn.run(
         application,
@@ -84,6 +98,8 @@ def serve(
         proxy_headers=True,
         timeout_graceful_shutdown=5,
     )
+    if pod is not None:
+        pod.stop()
 
 
 @app.command()
