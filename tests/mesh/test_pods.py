@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ecliptic.mesh.wire import MeshError
 from tests.mesh.harness import Network, PodProcess, cli, settled, wait_for
 
 
@@ -206,3 +207,43 @@ def test_relocate_moves_blocks_between_pods(network: Network, tmp_path: Path) ->
     wait_for(lambda: b.client().stat("/d").holders == (b.node_id,), what="b as the holder")
     a.stop()
     assert _cat(b, "/d") == data  # b has every block itself now
+
+
+def test_a_corrupt_block_is_refused_on_receipt(network: Network) -> None:
+    a = network.pod("a", join=False)
+    b = network.pod("b")
+    data = os.urandom(300_000)
+    with a.client() as client:
+        entry = client.write_bytes("/precious", data)
+    digest = entry.blocks[0][0]
+    held = a.root / ".ecliptic-mesh" / "blocks" / digest[:2] / digest
+    held.write_bytes(b"\0" * len(data))  # bit rot on a's disk
+    with b.client() as client:
+        wait_for(lambda: client.exists("/precious"), what="/precious on b")
+        with pytest.raises(MeshError) as failed:
+            client.read_bytes("/precious")
+        assert failed.value.code == "EIO" and "corrupt" in failed.value.message
+        assert client.pod_info()["cached_bytes"] == 0  # nothing bad was kept
+    held.write_bytes(data)  # repaired: readable again
+    with b.client() as client:
+        assert client.read_bytes("/precious") == data
+
+
+def test_five_pods_converge_and_a_killed_one_catches_up(network: Network) -> None:
+    pods = [network.pod("p0", join=False)] + [network.pod(f"p{i}") for i in range(1, 5)]
+    for pod in pods:
+        with pod.client() as client:
+            client.write_bytes(f"/from-{pod.name}", pod.name.encode())
+    settled(pods)
+    victim = pods[2]
+    victim.kill()
+    with pods[0].client() as client:
+        client.write_bytes("/while-away", b"news")
+        client.remove("/from-p1")
+    victim.start()
+    settled(pods)
+    for pod in pods:
+        with pod.client() as client:
+            names = sorted(entry.name for entry in client.listdir("/"))
+            assert names == ["from-p0", "from-p2", "from-p3", "from-p4", "while-away"], (pod.name, names)
+            assert client.read_bytes("/from-p4") == b"p4"
