@@ -29,6 +29,7 @@ from ecliptic.platforms.local import LocalPlatform
 from ecliptic.schedule import api as schedule_api
 from ecliptic.schedule.assembly import SchedulerParts, build_scheduler
 from ecliptic.store import Database, upgrade
+from ecliptic.web import mesh_routes as mesh_web_routes
 from ecliptic.web import routes as web_routes
 from ecliptic.web import schedule_routes as schedule_web_routes
 
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None, *, run_workers: bool = True) ->
     app.include_router(schedule_api.build_router())
     app.include_router(web_routes.build_router())
     app.include_router(schedule_web_routes.build_router())
+    app.include_router(mesh_web_routes.build_router(services.settings.mesh_address()))
     app.mount("/ui/static", StaticFiles(directory=web_routes.HERE / "static"), name="ui-static")
 
     @app.get("/", include_in_schema=False)
