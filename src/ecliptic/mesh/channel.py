@@ -131,10 +131,13 @@ class Channel:
         request_id = next(self._ids)
         future: asyncio.Future[tuple[Header, bytes]] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
-        async with self._write_lock:
-            self.writer.writelines(encode({"op": op, "id": request_id, **args}, body))
-            await self.writer.drain()
-        header, reply_body = await asyncio.wait_for(future, timeout)
+        try:
+            async with self._write_lock:
+                self.writer.writelines(encode({"op": op, "id": request_id, **args}, body))
+                await self.writer.drain()
+            header, reply_body = await asyncio.wait_for(future, timeout)
+        finally:
+            self._waiting.pop(request_id, None)
         raise_for_reply(header)
         return header.get("r"), reply_body
 

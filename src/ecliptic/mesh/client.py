@@ -245,12 +245,16 @@ class MeshClient:
         return self.rename(source, target)
 
     # -- content -----------------------------------------------------------------------------------
-    def read_block(self, entry: Entry, digest: str, offset: int, length: int) -> bytes:
+    def read_block(
+        self, entry: Entry, digest: str, offset: int, length: int, *, ahead: list[str] | None = None
+    ) -> bytes:
+        """Bytes of one block; ``ahead`` names blocks the pod may start fetching for the next calls."""
         if digest == HOLE:
             return bytes(length)
+        extra: dict[str, Any] = {"ahead": ahead} if ahead else {}
         if self.state_dir is not None:
             for _ in range(3):
-                path, _ = self.call("block_path", hash=digest, holders=list(entry.holders))
+                path, _ = self.call("block_path", hash=digest, holders=list(entry.holders), **extra)
                 try:
                     with open(path, "rb") as handle:
                         handle.seek(offset)
@@ -258,7 +262,7 @@ class MeshClient:
                 except FileNotFoundError:
                     continue  # trimmed from the cache between the answer and the open
         _, data = self.call(
-            "read_block", hash=digest, holders=list(entry.holders), offset=offset, length=length
+            "read_block", hash=digest, holders=list(entry.holders), offset=offset, length=length, **extra
         )
         return data
 
@@ -272,8 +276,9 @@ class MeshClient:
         return b"".join(parts)
 
     def iter_content(self, entry: Entry, *, progress: Progress | None = None) -> Iterator[bytes]:
-        for digest, length in entry.blocks:
-            data = self.read_block(entry, digest, 0, length)
+        hashes = [digest for digest, _ in entry.blocks]
+        for index, (digest, length) in enumerate(entry.blocks):
+            data = self.read_block(entry, digest, 0, length, ahead=hashes[index + 1 : index + 5])
             if progress is not None:
                 progress(len(data))
             yield data

@@ -141,7 +141,8 @@ class Namespace:
             raise MeshError("ENOTEMPTY", f"{path} is not empty")
         return self.meta.put_local(self._stamp(entry, deleted=True, blocks=(), size=0))[0]
 
-    def rename(self, entry_id: str, new_parent: str, new_name: str, *, replace: bool = True) -> Entry:
+    def rename(self, entry_id: str, new_parent: str, new_name: str, *, replace: bool = True) -> list[Entry]:
+        """The moved entry first, then the tombstone of the entry it replaced, if any."""
         check_name(new_name)
         entry = self.meta.live(entry_id)
         if entry.id == ROOT_ID:
@@ -163,7 +164,7 @@ class Namespace:
                 raise MeshError("ENOTEMPTY", f"{target_path} is not empty")
             writes.append(self._stamp(target, deleted=True, blocks=(), size=0))
         moved = self._stamp(entry, parent=folder.id, name=new_name)
-        return self.meta.put_local(moved, *writes)[0]
+        return self.meta.put_local(moved, *writes)
 
     def place(self, entry: Entry, holders: Sequence[str]) -> Entry | None:
         """Record that ``holders`` now hold the blocks of this content version; None if it changed."""

@@ -91,6 +91,9 @@ class Session:
 
 
 class Pod:
+    READ_AHEAD = 4
+    """Blocks fetched ahead of a sequential reader: enough to keep a loopback or LAN link busy."""
+
     def __init__(self, options: PodOptions) -> None:
         self.options = options
         self.root = options.root.resolve()
@@ -112,6 +115,7 @@ class Pod:
         self.stats = {"rows_received": 0, "blocks_fetched": 0, "bytes_fetched": 0, "blocks_served": 0}
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        self._prefetch_slots = asyncio.Semaphore(self.READ_AHEAD)
         self.token: JoinToken | None = None
         network = self.meta.get_state("network")
         if network:
@@ -710,14 +714,14 @@ class Pod:
         return entry.to_wire(), b""
 
     async def op_rename(self, session: Session, header: Header, body: bytes) -> tuple[Any, bytes]:
-        entry = self.namespace.rename(
+        written = self.namespace.rename(
             str(header["entry"]),
             str(header["parent"]),
             str(header["name"]),
             replace=bool(header.get("replace", True)),
         )
-        self.changed([entry])
-        return entry.to_wire(), b""
+        self.changed(written)
+        return written[0].to_wire(), b""
 
     async def op_put_block(self, session: Session, header: Header, body: bytes) -> tuple[Any, bytes]:
         try:
@@ -747,7 +751,21 @@ class Pod:
             digest for digest in header["hashes"] if digest != HOLE and self.blocks.find(digest) is None
         ], b""
 
+    def _read_ahead(self, header: Header) -> None:
+        """Start fetching the blocks a sequential reader will ask for next (``ahead``), a few at a time."""
+        holders = [str(h) for h in header.get("holders", ())]
+        for digest in header.get("ahead", ())[: self.READ_AHEAD]:
+            digest = str(digest)
+            if digest != HOLE and digest not in self._fetching and self.blocks.find(digest) is None:
+                self._spawn(self._prefetch(digest, holders))
+
+    async def _prefetch(self, digest: str, holders: list[str]) -> None:
+        async with self._prefetch_slots:
+            with contextlib.suppress(Exception):
+                await self.obtain(digest, holders)
+
     async def op_read_block(self, session: Session, header: Header, body: bytes) -> tuple[Any, bytes]:
+        self._read_ahead(header)
         data = await self._read_block(
             str(header["hash"]),
             list(header.get("holders", ())),
@@ -760,6 +778,7 @@ class Pod:
         """Fast path for clients on this host: make the block local and say where its file is."""
         if not session.loopback:
             raise MeshError("EACCES", "block paths are only given to clients on this host")
+        self._read_ahead(header)
         path = await self.obtain(str(header["hash"]), list(header.get("holders", ())))
         return str(path), b""
 
@@ -778,6 +797,16 @@ class Pod:
         committed = self.namespace.commit(entry.id, blocks, mtime_ns=header.get("mtime_ns"))
         self.changed([committed])
         return committed.to_wire(), b""
+
+    async def op_fsync(self, session: Session, header: Header, body: bytes) -> tuple[Any, bytes]:
+        """Make a file's current version durable: its blocks and the metadata log on stable storage."""
+        entry = self.meta.live(str(header["entry"]))
+        paths = [self.blocks.held_path(digest) for digest in unique_hashes(entry.blocks)]
+        await asyncio.to_thread(
+            _fsync_all,
+            [p for p in paths if p.exists()] + [self.meta.path.with_name(self.meta.path.name + "-wal")],
+        )
+        return None, b""
 
     async def op_pods(self, session: Session, header: Header, body: bytes) -> tuple[Any, bytes]:
         held: dict[str, int] = {}
@@ -989,6 +1018,7 @@ CLIENT_OPS = frozenset(
         "pods",
         "token",
         "config_get",
+        "fsync",
         "config_set",
         "relocate",
         "leave",
@@ -1003,6 +1033,12 @@ def _pread(path: Path, offset: int, length: int) -> bytes:
         if offset:
             handle.seek(offset)
         return handle.read() if length < 0 else handle.read(length)
+
+
+def _fsync_all(paths: list[Path]) -> None:
+    for path in paths:
+        if path.exists():
+            _fsync(path)
 
 
 def _fsync(path: Path) -> None:
