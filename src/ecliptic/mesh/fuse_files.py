@@ -92,6 +92,9 @@ class Storing:
     """Someone waits to take the buffer back as the slot's dirty buffer: it must not go to the pool."""
 
 
+READ_AHEAD_BLOCKS = 3
+
+
 class FileContent:
     def __init__(
         self,
@@ -174,13 +177,23 @@ class FileContent:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _read_ahead(self, index: int) -> None:
-        """A reader moving through the file will want the next stored block: ask for it early, once."""
-        if self.prefetch is None or index == self._prefetched or index >= len(self.blocks):
+        """A reader moving through the file will want the next stored blocks: ask for them early, once each.
+
+        Several at once, because each block is a file of its own and the disk reads files in parallel
+        faster than one after another (measured: 4 MiB block files read cold 1.2 GB/s in turn, 1.4 in
+        parallel).
+        """
+        if self.prefetch is None:
             return
-        self._prefetched = index
-        digest = self.blocks[index][0]
-        if digest not in (HOLE, DIRTY):
-            self.prefetch(digest, self.entry.holders)
+        if index < self._prefetched - READ_AHEAD_BLOCKS:
+            self._prefetched = index - 1  # the reader went back: read ahead from here
+        for ahead in range(
+            max(index, self._prefetched + 1), min(index + READ_AHEAD_BLOCKS, len(self.blocks))
+        ):
+            self._prefetched = ahead
+            digest = self.blocks[ahead][0]
+            if digest not in (HOLE, DIRTY):
+                self.prefetch(digest, self.entry.holders)
 
     # -- changing ----------------------------------------------------------------------------------
     def _capacity(self, index: int) -> int:
