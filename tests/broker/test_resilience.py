@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -137,6 +138,12 @@ def test_an_api_without_workers_and_a_separate_worker(tmp_path: Path, postgres_u
 
 
 def test_a_thousand_sessions_at_once(tmp_path: Path, database_url: str) -> None:
+    """1000 on PostgreSQL (the database of many instances); on SQLite 250 unless ECLIPTIC_TEST_FULL is set.
+
+    Each session starts a supervised process, so 1000 cost minutes; the SQLite run keeps the same concurrency
+    (50 clients at once) over fewer sessions to hold the whole suite within CI's budget.
+    """
+    full = database_url.startswith("postgresql") or bool(os.environ.get("ECLIPTIC_TEST_FULL"))
     settings = make_settings(
         tmp_path / "data",
         database_url,
@@ -144,7 +151,7 @@ def test_a_thousand_sessions_at_once(tmp_path: Path, database_url: str) -> None:
         local_memory_gib=2000,
         workers=8,
     )
-    total = 1000
+    total = 1000 if full else 250
     statuses = Counter[int]()
     lock = threading.Lock()
     uuids: list[str] = []

@@ -16,9 +16,9 @@ import stat as statmod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypedDict
 
-from ecliptic.mesh.entries import ROOT_ID, Entry
+from ecliptic.mesh.entries import ROOT_ID
 from ecliptic.mesh.manifest import Block
 from ecliptic.mesh.wire import MeshError
 
@@ -26,6 +26,14 @@ if TYPE_CHECKING:
     from ecliptic.mesh.pod import Pod
 
 Conflict = Literal["network", "local", "newest"]
+
+
+class Attributes(TypedDict):
+    uid: int
+    gid: int
+    mtime_ns: int
+
+
 CONFLICTS: tuple[str, ...] = ("network", "local", "newest")
 
 
@@ -100,17 +108,10 @@ async def import_tree(pod: Pod, conflict: str) -> ImportReport:
             name = f"{path.name}.import-conflict-{pod.node_id[:8]}"
             report.renamed.append(relative)
             existing = pod.meta.child(parent_id, name)
+        owner = Attributes(uid=info.st_uid, gid=info.st_gid, mtime_ns=info.st_mtime_ns)
         if kind == "dir":
             if existing is None:
-                existing = pod.namespace.create(
-                    parent_id,
-                    name,
-                    "dir",
-                    mode=info.st_mode,
-                    uid=info.st_uid,
-                    gid=info.st_gid,
-                    mtime_ns=info.st_mtime_ns,
-                )
+                existing = pod.namespace.create(parent_id, name, "dir", mode=info.st_mode, **owner)
             folders[path] = existing.id
             continue
         if existing is not None:
@@ -124,33 +125,14 @@ async def import_tree(pod: Pod, conflict: str) -> ImportReport:
         if kind == "symlink":
             if existing is not None:
                 pod.namespace.remove(existing.id)
-            pod.namespace.create(
-                parent_id,
-                name,
-                "symlink",
-                mode=0o777,
-                uid=info.st_uid,
-                gid=info.st_gid,
-                target=os.readlink(path),
-                mtime_ns=info.st_mtime_ns,
-            )
+            target = os.readlink(path)
+            pod.namespace.create(parent_id, name, "symlink", mode=0o777, target=target, **owner)
             continue
         blocks = await asyncio.to_thread(_store_file, pod, path)
-        entry: Entry = (
-            existing
-            if existing is not None
-            else pod.namespace.create(
-                parent_id,
-                name,
-                "file",
-                mode=info.st_mode,
-                uid=info.st_uid,
-                gid=info.st_gid,
-                mtime_ns=info.st_mtime_ns,
-            )
-        )
-        committed = pod.namespace.commit(entry.id, blocks, mtime_ns=info.st_mtime_ns)
-        if existing is not None:
+        if existing is None:
+            pod.namespace.create(parent_id, name, "file", mode=info.st_mode, blocks=blocks, **owner)
+        else:
+            committed = pod.namespace.commit(existing.id, blocks, mtime_ns=info.st_mtime_ns)
             pod.namespace.setattr(committed.id, mode=info.st_mode)
         report.files += 1
         report.bytes += info.st_size
