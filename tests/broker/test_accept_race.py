@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -78,4 +79,11 @@ def test_cancel_racing_the_reconcile_loop_always_wins(server: LiveServer, tmp_pa
             assert http.get(f"sessions/{uuid}").json()["phase"] == "CANCELLED"
     assert server.broker.capacity_in_use() == []
     for pid_file in pids.iterdir():
-        wait_until_gone(int(pid_file.read_text()), f"the command of session {pid_file.name}")
+        # The shell creates the file before it writes its pid: an empty file means it was killed in between
+        # (or is about to write), so look again before concluding nothing of it is left.
+        for _ in range(20):
+            text = pid_file.read_text().strip()
+            if text:
+                wait_until_gone(int(text), f"the command of session {pid_file.name}")
+                break
+            time.sleep(0.1)
