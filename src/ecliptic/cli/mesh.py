@@ -15,7 +15,7 @@ import stat as statmod
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -30,6 +30,9 @@ from rich.progress import (
 from rich.table import Table
 
 from ecliptic.mesh.wire import MeshError
+
+if TYPE_CHECKING:  # the client is imported where used: `ecliptic --help` should not pay for it
+    from ecliptic.mesh.client import MeshClient
 
 mesh_app = typer.Typer(
     name="mesh",
@@ -75,13 +78,6 @@ def _client(pod: str, token: str | None) -> Iterator[MeshClient]:
         _fail(exc.message if exc.code == "EHOSTUNREACH" else f"{exc.message} [{exc.code}]")
     finally:
         client.close()
-
-
-if True:  # names for annotations without importing the client at every `ecliptic --help`
-    from typing import TYPE_CHECKING
-
-    if TYPE_CHECKING:
-        from ecliptic.mesh.client import MeshClient
 
 
 def _bytes(n: int) -> str:
@@ -162,7 +158,7 @@ def start(
 
     def ready(pod: Pod) -> None:
         network = pod.token.network_id if pod.token else "?"
-        print(f"pod {pod.node_id} ({pod._name()}) listening on {pod.address}, network {network}", flush=True)
+        print(f"pod {pod.node_id} ({pod.name}) listening on {pod.address}, network {network}", flush=True)
 
     options = PodOptions(
         root=root,

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 from ecliptic.mesh.blocks import HOLE, hash_bytes
 from ecliptic.mesh.channel import check_server, hello_frame
-from ecliptic.mesh.entries import ROOT_ID, Entry
+from ecliptic.mesh.entries import Entry
 from ecliptic.mesh.identity import JoinToken
 from ecliptic.mesh.manifest import Block, spans
 from ecliptic.mesh.wire import MeshError, encode, raise_for_reply, read_frame_sync, split_address
@@ -441,6 +441,3 @@ class MeshClient:
     def collect_garbage(self) -> dict[str, int]:
         result, _ = self.call("gc")
         return dict(result)
-
-
-ROOT = ROOT_ID

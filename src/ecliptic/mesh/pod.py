@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from ecliptic.mesh import settings as mesh_settings
-from ecliptic.mesh.blocks import HOLE, BlockCorrupt, BlockStore, hash_bytes
+from ecliptic.mesh.blocks import HOLE, BlockCorrupt, BlockStore
+from ecliptic.mesh.channel import Channel
 from ecliptic.mesh.clock import HybridClock
-from ecliptic.mesh.entries import ROOT_ID, Entry, PodRecord
-from ecliptic.mesh.identity import Identity, JoinToken, verify
+from ecliptic.mesh.diagnostics import check_network, render
+from ecliptic.mesh.entries import Entry, PodRecord
+from ecliptic.mesh.identity import Identity, JoinToken, node_id_of, verify
+from ecliptic.mesh.importer import check_space, import_tree
 from ecliptic.mesh.manifest import size_of, unique_hashes
 from ecliptic.mesh.meta import MetaStore
 from ecliptic.mesh.namespace import Namespace
@@ -157,9 +160,9 @@ class Pod:
                 )
             self._announce()
             if self.meta.get_state("imported") is None:
-                from ecliptic.mesh.importer import import_tree
-
-                report = await import_tree(self, self.options.conflict)
+                report = await import_tree(
+                    self, self.options.conflict, space_checked=self.options.join is not None
+                )
                 self.meta.set_state("imported", str(time.time()))
                 if report.files:
                     log.info("imported %s", report.summary())
@@ -205,12 +208,8 @@ class Pod:
                 "EINVAL", "joining needs --token (print one with `ecliptic mesh token --pod ADDRESS`)"
             )
         token = JoinToken.parse(self.options.token)
-        from ecliptic.mesh.importer import check_space
-
         check_space(self)
         host, port = split_address(self.options.join)
-        from ecliptic.mesh.channel import Channel
-
         channel = await Channel.connect(
             host,
             port,
@@ -218,7 +217,7 @@ class Pod:
             identity=self.identity,
             token=token,
             address=self.address,
-            name=self._name(),
+            name=self.name,
         )
         try:
             if channel.info.get("network") != token.network_id:
@@ -249,7 +248,8 @@ class Pod:
             await channel.close()
         log.info("joined network %s through %s", token.network_id, self.options.join)
 
-    def _name(self) -> str:
+    @property
+    def name(self) -> str:
         return self.options.name or self.pod_config.name or socket.gethostname()
 
     def _announce(self, held: int | None = None) -> None:
@@ -264,14 +264,14 @@ class Pod:
         if (
             current is not None
             and current.address == self.address
-            and current.name == self._name()
+            and current.name == self.name
             and abs(current.free - free) < max(capacity // 100, 1)
         ):
             return
         record = PodRecord(
             node_id=self.node_id,
             public_key=self.identity.public_key,
-            name=self._name(),
+            name=self.name,
             address=self.address,
             state=state,
             capacity=capacity,
@@ -507,8 +507,6 @@ class Pod:
             if role == "pod":
                 node = str(hello.get("node", ""))
                 public_key = bytes(hello.get("public_key", b""))
-                from ecliptic.mesh.identity import node_id_of
-
                 if (
                     not verify(
                         public_key, bytes(hello.get("signature", b"")), b"ecliptic-mesh-hello\0" + challenge
@@ -552,7 +550,7 @@ class Pod:
         session.role = role
         info: dict[str, Any] = {
             "node": self.node_id,
-            "name": self._name(),
+            "name": self.name,
             "public_key": self.identity.public_key,
             "signature": self.identity.sign(b"ecliptic-mesh-hello\0" + bytes(hello.get("nonce", b""))),
             "network": network,
@@ -631,7 +629,7 @@ class Pod:
         held, cached = usage
         return {
             "node": self.node_id,
-            "name": self._name(),
+            "name": self.name,
             "address": self.address,
             "network": self.token.network_id if self.token else "",
             "block_size": self.network_config.block_size,
@@ -853,8 +851,6 @@ class Pod:
         }, b""
 
     async def op_config_set(self, session: Session, header: Header, body: bytes) -> tuple[Any, bytes]:
-        from ecliptic.mesh.diagnostics import check_network, render
-
         text = str(header["text"])
         problems = [d for d in check_network(text, "network config") if d.level == "error"]
         if problems:
@@ -1061,6 +1057,3 @@ def run_pod(options: PodOptions, ready: Callable[[Pod], None] | None = None) -> 
         await pod.run(ready)
 
     asyncio.run(main())
-
-
-__all__ = ["ROOT_ID", "Pod", "PodOptions", "hash_bytes", "run_pod", "state_dir"]
