@@ -20,14 +20,16 @@ from ecliptic.broker.handlers import handlers
 from ecliptic.broker.planner import Planner, PlannerSettings
 from ecliptic.broker.schema import ExecutionRequest, PhaseUpdate
 from ecliptic.broker.service import Broker
-from ecliptic.config import Settings, get_settings
+from ecliptic.config import Settings, SettingsError, get_settings
 from ecliptic.engine import Worker
 from ecliptic.http import errors
 from ecliptic.http.negotiation import negotiated, render
+from ecliptic.platforms import registry
 from ecliptic.platforms.base import Capacity, Platform
 from ecliptic.platforms.local import LocalPlatform
 from ecliptic.schedule import api as schedule_api
 from ecliptic.schedule.assembly import SchedulerParts, build_scheduler
+from ecliptic.staging.assembly import build_data_sources, build_estimator, build_results
 from ecliptic.store import Database, upgrade
 from ecliptic.web import mesh_routes as mesh_web_routes
 from ecliptic.web import routes as web_routes
@@ -56,13 +58,22 @@ class Services:
 
 
 def build_platforms(settings: Settings) -> dict[str, Platform]:
-    capacity = Capacity(
-        cores=settings.local_cores,
-        memory_gib=settings.local_memory_gib,
-        storage_gib=settings.local_storage_gib,
-        max_duration=settings.local_max_duration,
-    )
-    return {"local": LocalPlatform(capacity)}
+    platforms: dict[str, Platform] = {}
+    if settings.local_platform:
+        capacity = Capacity(
+            cores=settings.local_cores,
+            memory_gib=settings.local_memory_gib,
+            storage_gib=settings.local_storage_gib,
+            max_duration=settings.local_max_duration,
+        )
+        platforms["local"] = LocalPlatform(capacity, site=settings.local_site)
+    try:
+        platforms.update(registry.build_platforms(settings.platforms))
+    except registry.PlatformConfigError as exc:
+        raise SettingsError(str(exc)) from exc
+    if not platforms:
+        raise SettingsError("no platform is configured: set local_platform = true or add [platforms.<name>]")
+    return platforms
 
 
 def build_services(settings: Settings | None = None) -> Services:
@@ -82,7 +93,14 @@ def build_services(settings: Settings | None = None) -> Services:
     )
     worker_box: list[Worker] = []
     broker = Broker(
-        db, settings, platforms, planner, wake=lambda: worker_box[0].wake() if worker_box else None
+        db,
+        settings,
+        platforms,
+        planner,
+        wake=lambda: worker_box[0].wake() if worker_box else None,
+        data_sources=build_data_sources(settings),
+        estimator=build_estimator(db, settings),
+        results=build_results(settings),
     )
     broker.sync_platforms()
     worker = Worker(

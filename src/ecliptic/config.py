@@ -82,6 +82,10 @@ class Settings(BaseSettings):
         default=timedelta(seconds=30), description="Time booked after a session's end for releasing it."
     )
 
+    local_platform: bool = Field(
+        default=True, description="Offer the local platform (processes on this machine)."
+    )
+    local_site: str = Field(default="local", description="The local platform's site, for transfer estimates.")
     local_cores: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     local_memory_gib: int = Field(default_factory=_total_memory_gib, ge=1)
     local_storage_gib: int = Field(default=100, ge=1)
@@ -94,6 +98,30 @@ class Settings(BaseSettings):
         default=timedelta(days=7), description="Keep session files so long."
     )
 
+    platforms: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="More execution platforms, as [platforms.<name>] tables with a type (docker, podman, "
+        "slurm, kubernetes, skaha) and that type's settings; see docs/platforms.md.",
+    )
+    transfer_rates: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Static transfer rates per data source pattern ('rse:FAR_*' = {rate = '20 MB/s', "
+        "latency = 2}), used until measured transfers give a history.",
+    )
+    rucio: dict[str, Any] | None = Field(
+        default=None, description="The Rucio server Rucio DIDs are resolved with (url, account, username, …)."
+    )
+    preparedata: dict[str, Any] | None = Field(
+        default=None,
+        description="The SRCNet prepareData gatekeeper SKAO data is staged with (gatekeeper_url, token, home, …).",
+    )
+    s3: dict[str, Any] | None = Field(
+        default=None, description="S3 defaults (endpoint, region, credentials per endpoint)."
+    )
+    result_roots: list[Path] = Field(
+        default_factory=list,
+        description="Directories file:// result destinations may name (none by default).",
+    )
     file_data_roots: list[Path] = Field(
         default_factory=list,
         description="Directories whose files data resources may name with file:// URLs (none by default: a "

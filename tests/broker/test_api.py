@@ -125,7 +125,7 @@ def test_malformed_requests_name_the_field(http: httpx.Client, body: dict, loc: 
         ),
         ({"executable": {"kind": "urn:made-up"}}, "uri:unknown-type", "urn:made-up"),
         (
-            command_request("true", data=[{"kind": kinds.DATA_RUCIO, "rucio": {}}]),
+            command_request("true", data=[{"kind": kinds.DATA_RUCIO, "rucio": {"scope": "s", "object": "o"}}]),
             "urn:not-supported",
             "rucio",
         ),

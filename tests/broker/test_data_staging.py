@@ -16,19 +16,31 @@ from tests.broker.waiting import wait_for_component, wait_for_phase
 from tests.conftest import LiveServer, make_settings
 
 PAYLOAD = b"0123456789abcdef" * 4096
+SERVED = {"/survey/cube.fits"}
+"""Paths the data server answers; a test may take one away after its offer was made."""
 
 
 @pytest.fixture
 def data_url() -> Iterator[str]:
+    SERVED.clear()
+    SERVED.update({"/survey/cube.fits", "/survey/later.fits"})
+
     class Handler(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:
+            self.answer(body=False)
+
         def do_GET(self) -> None:
-            if self.path != "/survey/cube.fits":
+            self.answer(body=True)
+
+        def answer(self, *, body: bool) -> None:
+            if self.path not in SERVED:
                 self.send_error(404)
                 return
             self.send_response(200)
             self.send_header("Content-Length", str(len(PAYLOAD)))
             self.end_headers()
-            self.wfile.write(PAYLOAD)
+            if body:
+                self.wfile.write(PAYLOAD)
 
         def log_message(self, *args: object) -> None:
             pass
@@ -93,13 +105,29 @@ def test_a_checksum_mismatch_fails_the_session_before_compute(
         assert "ran.txt" not in {f["path"] for f in files}
 
 
-def test_a_missing_remote_file_fails_with_the_http_status(staging_server: LiveServer, data_url: str) -> None:
+def test_a_missing_remote_file_is_a_no_naming_the_http_status(staging_server: LiveServer, data_url: str) -> None:
     body = command_request("true")
     body["data"] = [{"location": data_url.replace("cube", "nothing")}]
     with httpx.Client(base_url=staging_server.url, timeout=30) as http:
-        done = _run(http, body)
-        assert done["phase"] == "FAILED"
-        assert "404" in done["meta"]["messages"][-1]["message"]
+        offerset = http.post("requests", json=body).json()
+    assert offerset["result"] == "NO"
+    message = offerset["meta"]["messages"][0]
+    assert message["kind"] == "urn:data-not-found"
+    assert "404" in message["message"] and "nothing.fits" in message["message"]
+
+
+def test_a_file_gone_after_the_offer_fails_with_the_http_status(staging_server: LiveServer, data_url: str) -> None:
+    body = command_request("true")
+    body["data"] = [{"location": data_url.replace("cube", "later")}]
+    with httpx.Client(base_url=staging_server.url, timeout=30) as http:
+        offerset = http.post("requests", json=body).json()
+        assert offerset["result"] == "YES", offerset["meta"]["messages"]
+        SERVED.discard("/survey/later.fits")
+        uuid = offerset["offers"][0]["meta"]["uuid"]
+        assert http.post(f"sessions/{uuid}", json=accept()).status_code == 200
+        done = wait_for_phase(http, uuid)
+    assert done["phase"] == "FAILED"
+    assert "404" in done["meta"]["messages"][-1]["message"]
 
 
 def test_file_urls_only_from_allowed_directories(staging_server: LiveServer, tmp_path: Path) -> None:

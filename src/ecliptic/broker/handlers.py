@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,13 +22,15 @@ from typing import Any
 from sqlalchemy import select
 
 from ecliptic import engine
-from ecliptic.broker import lifecycle, messages
+from ecliptic.broker import data_plan, kinds, lifecycle, messages
 from ecliptic.broker.phases import COMPONENT_TERMINAL, ComponentPhase, SessionPhase
 from ecliptic.broker.service import Broker
 from ecliptic.engine import Again, Done, Job, Outcome
 from ecliptic.isotime import utcnow
-from ecliptic.platforms.base import LaunchSpec, Platform, RunState
-from ecliptic.staging import StagingError, filename_for, stage
+from ecliptic.platforms.base import Image, LaunchSpec, Mount, Platform, Port, RunState
+from ecliptic.platforms.local import LocalPlatform
+from ecliptic.staging import StagedFile, StagingError, filename_for, stage
+from ecliptic.staging.sources import Replica
 from ecliptic.store.tables import ComponentRow, OfferSetRow, SessionRow
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,34 @@ MAX_STEPS = 25
 def poll_delay(polls: int) -> timedelta:
     """The weighted wait loop: look again soon at first, then less and less often."""
     return timedelta(seconds=min(0.25 * 2 ** min(polls, 10), 10.0))
+
+
+_DEADLINE_GRACE = timedelta(seconds=30)
+"""How long past its booked end a run may go before the broker ends it (platforms usually do it themselves)."""
+
+
+def _short_name(row: SessionRow) -> str:
+    """A name platforms can use in theirs (Skaha allows ``[A-Za-z0-9-]``): ``ecliptic-<uuid8>``."""
+    return f"ecliptic-{row.uuid.split('-')[0]}"
+
+
+class _ProgressWriter:
+    """Records staging progress on the component at most once a second, so the UI can show it."""
+
+    def __init__(self, db: Any, component_uuid: str) -> None:
+        self.db = db
+        self.component_uuid = component_uuid
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        moment = time.monotonic()
+        if moment - self.last < 1.0 and (total is None or done < total):
+            return
+        self.last = moment
+        with self.db.write() as session:
+            component = session.get(ComponentRow, self.component_uuid)
+            if component is not None:
+                component.state = {**component.state, "progress": {"done": done, "total": total}}
 
 
 def _env_name(text: str) -> str:
@@ -139,15 +170,19 @@ class SessionAdvancer:
                 platform = self.broker.platforms[row.platform]
                 action = lambda: self._poll(session_uuid, platform, handle, polls)  # noqa: E731
             elif phase == SessionPhase.RELEASING:
-                self._finish(
-                    session,
-                    row,
-                    now,
-                    SessionPhase.COMPLETED,
-                    "the executable finished",
-                    ComponentPhase.COMPLETED,
-                )
-                return None
+                release = self._release(session, row)
+                if release is not None:
+                    action = release
+                else:
+                    self._finish(
+                        session,
+                        row,
+                        now,
+                        SessionPhase.COMPLETED,
+                        "the executable finished",
+                        ComponentPhase.COMPLETED,
+                    )
+                    return None
             else:
                 return Done()
         return action()
@@ -174,7 +209,11 @@ class SessionAdvancer:
                     lifecycle.set_component_phase(session, row, component, ComponentPhase.AVAILABLE, now)
                     continue
                 if role == "executable":
-                    problem = self._check_executable(component, workdir)
+                    problem = (
+                        self._check_executable(component, workdir)
+                        if isinstance(self.broker.platforms[row.platform], LocalPlatform)
+                        else None
+                    )
                     if problem:
                         lifecycle.set_component_phase(
                             session, row, component, ComponentPhase.FAILED, now, problem
@@ -182,17 +221,21 @@ class SessionAdvancer:
                         return self._fail(session, row, now, problem)
                     lifecycle.set_component_phase(session, row, component, ComponentPhase.AVAILABLE, now)
                     continue
+                if role == "compute" and "handle" in component.state:
+                    # Launched: compute is AVAILABLE once the platform says the run is RUNNING (a Skaha
+                    # session can be Pending for minutes, a Slurm job queued for hours).
+                    handle = dict(component.state["handle"])
+                    polls = int(component.state.get("polls", 0))
+                    platform = self.broker.platforms[row.platform]
+                    uid = row.uuid
+                    return lambda: self._poll(uid, platform, handle, polls)
                 lifecycle.set_component_phase(session, row, component, ComponentPhase.PREPARING, now)
                 if role == "data":
                     spec = dict(component.spec)
-                    dest = (
-                        workdir
-                        / "storage"
-                        / str(spec["storage"])
-                        / filename_for(str(spec["location"]), component.name or component.uuid)
-                    )
+                    dest_dir = workdir / "storage" / str(spec["storage"])
                     uid, cid = row.uuid, component.uuid
-                    return lambda: self._stage(uid, cid, spec, dest)
+                    fallback = component.name or component.uuid
+                    return lambda: self._stage(uid, cid, spec, dest_dir, fallback)
                 # Compute starts as soon as its inputs are in place: the session's hold began at prepare start, so
                 # starting before the offered start uses only capacity it already holds, and ends by the same deadline.
                 component.state = {**component.state, "launching": now.isoformat()}
@@ -224,6 +267,7 @@ class SessionAdvancer:
             staged = data.state.get("path")
             if staged:
                 environment[f"ECLIPTIC_DATA_{_env_name(data.name or data.uuid)}"] = str(staged)
+        mounts: list[Mount] = []
         for mount in compute.spec.get("volumes") or []:
             target = by_uuid.get(str(mount["resource"]))
             if target is None:
@@ -231,28 +275,49 @@ class SessionAdvancer:
             source = (
                 Path(target.state["path"]) if target.role == "data" else workdir / "storage" / target.uuid
             )
+            mounts.append(Mount(source, str(mount["path"]), read_only=mount.get("mode") != "READWRITE"))
+            # Processes on the host see a mount as a link in the workdir; containers get a real bind.
             link = workdir / str(mount["path"]).strip("/")
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.is_symlink():
                 link.symlink_to(source)
+        image_spec = executable.spec.get("image")
+        image = (
+            Image(tuple(str(x) for x in image_spec["locations"]), image_spec.get("digest"))
+            if image_spec
+            else None
+        )
+        ports = tuple(
+            Port(int(port["internal"]), str(port.get("protocol", "TCP")), str(port.get("path", "")))
+            for port in executable.spec.get("ports") or []
+            if port.get("access", True)
+        )
         return LaunchSpec(
             session_uuid=row.uuid,
             workdir=workdir,
-            command=[str(part) for part in executable.spec["command"]],
+            command=[str(part) for part in executable.spec.get("command") or []],
             environment=environment,
             cores=row.cores,
             memory_gib=row.memory_gib,
             deadline=row.available_end,
+            name=_short_name(row),
+            executable_kind=executable.kind,
+            image=image,
+            entrypoint=executable.spec.get("entrypoint"),
+            mounts=tuple(mounts),
+            ports=ports,
+            session_type="notebook" if executable.kind == kinds.JUPYTER else "headless",
         )
 
-    def _stage(self, session_uuid: str, component_uuid: str, spec: dict[str, Any], dest: Path) -> Step:
-        checksum = spec.get("checksum")
+    def _stage(
+        self, session_uuid: str, component_uuid: str, spec: dict[str, Any], dest_dir: Path, fallback: str
+    ) -> Step:
+        platform_name, site = self._platform_of(session_uuid)
+        estimate = dict((spec.get("estimates") or {}).get(platform_name) or {})
+        started = time.monotonic()
+        progress = _ProgressWriter(self.db, component_uuid)
         try:
-            staged = stage(
-                str(spec["location"]),
-                dest,
-                checksum=(str(checksum["type"]), str(checksum["value"])) if checksum else None,
-            )
+            staged, replica = self._fetch(spec, dest_dir, fallback, estimate, progress)
         except StagingError as exc:
             if exc.retryable and self._count_attempt(component_uuid) < MAX_STAGING_ATTEMPTS:
                 raise  # the engine retries with backoff
@@ -262,10 +327,22 @@ class SessionAdvancer:
                 component = session.get(ComponentRow, component_uuid)
                 if row is None or component is None or row.phase != SessionPhase.PREPARING:
                     return None
-                reason = f"staging {spec['location']} failed: {exc}"
+                reason = f"staging {data_plan.describe(spec, fallback)} failed: {exc}"
                 lifecycle.set_component_phase(session, row, component, ComponentPhase.FAILED, now, reason)
                 return self._fail(session, row, now, reason)
+        seconds = time.monotonic() - started
         now = utcnow()
+        if self.broker.estimator is not None and replica is not None and staged.size > 0:
+            self.broker.estimator.record(
+                replica.source,
+                site,
+                staged.size,
+                seconds,
+                ok=True,
+                session=session_uuid,
+                component=component_uuid,
+                now=now,
+            )
         with self.db.write() as session:
             row = lifecycle.locked(session, session_uuid)
             component = session.get(ComponentRow, component_uuid)
@@ -276,12 +353,50 @@ class SessionAdvancer:
                 "path": str(staged.path),
                 "size": staged.size,
                 "sha256": staged.sha256,
+                "source": replica.source if replica else None,
+                "staging_seconds": round(seconds, 3),
+                "estimated_seconds": estimate.get("seconds"),
+                "estimate_basis": estimate.get("basis"),
             }
             if row.phase == SessionPhase.PREPARING:
                 lifecycle.set_component_phase(
                     session, row, component, ComponentPhase.AVAILABLE, now, f"staged {staged.size} bytes"
                 )
         return None
+
+    def _platform_of(self, session_uuid: str) -> tuple[str, str]:
+        with self.db.read() as session:
+            row = session.get(SessionRow, session_uuid)
+            name = row.platform if row is not None else ""
+        platform = self.broker.platforms.get(name)
+        return name, platform.info.site if platform is not None else "local"
+
+    def _fetch(
+        self,
+        spec: dict[str, Any],
+        dest_dir: Path,
+        fallback: str,
+        estimate: dict[str, Any],
+        progress: Callable[[int, int | None], None],
+    ) -> tuple[StagedFile, Replica | None]:
+        """Stage from the replica the offer was estimated on, then from the others; legacy: plain ``stage``."""
+        sources = self.broker.data_sources
+        source = sources.source_for(str(spec.get("kind", "")), spec) if sources is not None else None
+        if source is None:
+            checksum = spec.get("checksum")
+            location = str(spec["location"])
+            staged = stage(
+                location,
+                dest_dir / filename_for(location, fallback),
+                checksum=(str(checksum["type"]), str(checksum["value"])) if checksum else None,
+                progress=progress,
+            )
+            return staged, None
+        resolved = source.resolve(spec)
+        # The replica the offer was estimated on, if it is still there; sources with several replicas (Rucio)
+        # fall back to the others themselves.
+        replica = next((r for r in resolved.replicas if r.url == estimate.get("url")), resolved.replicas[0])
+        return source.fetch(spec, replica, dest_dir, progress), replica
 
     def _count_attempt(self, component_uuid: str) -> int:
         with self.db.write() as session:
@@ -302,9 +417,6 @@ class SessionAdvancer:
             compute = self._component(row, "compute")
             assert compute is not None
             compute.state = {**compute.state, "handle": handle, "polls": 0}
-            if row.phase == SessionPhase.PREPARING:
-                lifecycle.set_component_phase(session, row, compute, ComponentPhase.AVAILABLE, now, "started")
-                lifecycle.set_phase(session, row, SessionPhase.AVAILABLE, now, "the executable is running")
         return Again(now + poll_delay(0))
 
     def _poll(self, session_uuid: str, platform: Platform, handle: dict[str, Any], polls: int) -> Step:
@@ -315,12 +427,27 @@ class SessionAdvancer:
             row = lifecycle.locked(session, session_uuid)
             if row is None:
                 return Done()
-            if row.phase not in (SessionPhase.AVAILABLE, SessionPhase.RUNNING):
+            phase = SessionPhase(row.phase)
+            if phase not in (SessionPhase.PREPARING, SessionPhase.AVAILABLE, SessionPhase.RUNNING):
                 return None
             compute = self._component(row, "compute")
             assert compute is not None
+            if status.connectors:
+                compute.state = {
+                    **compute.state,
+                    "connectors": [
+                        {"kind": c.kind, "protocol": c.protocol, "location": c.location}
+                        for c in status.connectors
+                    ],
+                }
+            if phase == SessionPhase.PREPARING and status.state != RunState.PENDING:
+                # Running, or already finished between two polls: either way it was available.
+                lifecycle.set_component_phase(session, row, compute, ComponentPhase.AVAILABLE, now, "started")
+                lifecycle.set_phase(session, row, SessionPhase.AVAILABLE, now, "the executable is running")
             if not status.finished:
                 compute.state = {**compute.state, "polls": polls + 1}
+                if now >= row.available_end + _DEADLINE_GRACE:
+                    return self._overran(session, row, now)
                 return Again(now + poll_delay(polls + 1))
             row.exit_code = status.exit_code
             if status.state == RunState.SUCCEEDED:
@@ -340,6 +467,74 @@ class SessionAdvancer:
             reason = status.detail or f"the executable ended: {status.state}"
             lifecycle.set_component_phase(session, row, compute, ComponentPhase.FAILED, now, reason)
             return self._fail(session, row, now, reason, exit_code=status.exit_code)
+
+    def _overran(self, session: Any, row: SessionRow, now: datetime) -> Step:
+        """The booked time is over and the platform did not end the run: end it here.
+
+        An interactive session (a notebook) ends normally at its booked end; a batch run that is still going
+        failed to fit its booking.
+        """
+        executable = self._component(row, "executable")
+        if executable is not None and executable.kind == kinds.JUPYTER:
+            lifecycle.set_phase(session, row, SessionPhase.RELEASING, now, "the booked time is over")
+            return None
+        return self._fail(session, row, now, "the executable ran past the end of its booked time")
+
+    # -- releasing -------------------------------------------------------------------------------------------
+    def _release(self, session: Any, row: SessionRow) -> Callable[[], Step] | None:
+        """The next releasing action: push a storage's results, then free the platform's run; None when done."""
+        for storage in (c for c in row.components if c.role == "storage"):
+            destination = storage.spec.get("destination")
+            if destination and "pushed" not in storage.state:
+                source = self.broker.workdir(row.uuid) / "storage" / storage.uuid
+                uid, sid = row.uuid, storage.uuid
+                return lambda: self._push(uid, sid, source, str(destination))
+        compute = self._component(row, "compute")
+        if compute is not None and "handle" in compute.state and not compute.state.get("freed"):
+            handle = dict(compute.state["handle"])
+            platform = self.broker.platforms[row.platform]
+            uid = row.uuid
+            return lambda: self._free(uid, platform, handle)
+        return None
+
+    def _push(self, session_uuid: str, storage_uuid: str, source: Path, destination: str) -> Step:
+        try:
+            pusher = self.broker.results
+            if pusher is None:
+                raise StagingError("this broker is not configured to push results", retryable=False)
+            pushed = pusher.push(source, destination)
+        except StagingError as exc:
+            if exc.retryable and self._count_attempt(storage_uuid) < MAX_STAGING_ATTEMPTS:
+                raise
+            now = utcnow()
+            with self.db.write() as session:
+                row = lifecycle.locked(session, session_uuid)
+                if row is None or row.phase != SessionPhase.RELEASING:
+                    return None
+                # The outputs stay in the session's storage until it is purged, so nothing is lost.
+                return self._fail(session, row, now, f"pushing results to {destination} failed: {exc}")
+        now = utcnow()
+        with self.db.write() as session:
+            storage = session.get(ComponentRow, storage_uuid)
+            if storage is not None:
+                storage.state = {
+                    **storage.state,
+                    "pushed": {
+                        "destination": destination,
+                        "files": len(pushed),
+                        "bytes": sum(f.size for f in pushed),
+                    },
+                }
+        return None
+
+    def _free(self, session_uuid: str, platform: Platform, handle: dict[str, Any]) -> Step:
+        platform.stop(self.broker.workdir(session_uuid), handle, "released")
+        with self.db.write() as session:
+            row = lifecycle.locked(session, session_uuid)
+            compute = self._component(row, "compute") if row is not None else None
+            if compute is not None:
+                compute.state = {**compute.state, "freed": True}
+        return None
 
     # -- ending ----------------------------------------------------------------------------------------------
     def _fail(

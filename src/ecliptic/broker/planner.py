@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from ecliptic.broker import messages
 from ecliptic.broker.calendar import CapacityCalendar, Fit, Resources
+from ecliptic.broker.data_plan import DataAssessment
 from ecliptic.broker.plan import Plan
 from ecliptic.broker.schema import Message
 from ecliptic.isotime import Interval, format_duration, format_instant
@@ -71,15 +72,20 @@ def _align(value: int, step: int) -> int:
     return -(-value // step) * step
 
 
-def preparation_seconds(plan: Plan, platform: Platform) -> float:
-    """Storage and executable prepare side by side, then data is staged, then compute starts."""
-    estimates = platform.info.prepare_seconds
+def static_staging_seconds(plan: Plan) -> float:
+    """A guess from URL schemes alone, for plans whose data was not located (see ``data_plan.assess``)."""
     staging = 0.0
     for data in plan.data:
         scheme = str(data.spec.get("location", "")).split(":", 1)[0].lower()
-        staging = max(staging, DATA_STAGING_SECONDS.get(scheme, 30.0))
+        staging += DATA_STAGING_SECONDS.get(scheme, 30.0)
+    return staging
+
+
+def preparation_seconds(platform: Platform, staging_seconds: float) -> float:
+    """Storage and executable prepare side by side, then data is staged, then compute starts."""
+    estimates = platform.info.prepare_seconds
     parallel = max(estimates.get("storage", 0.0), estimates.get("executable", 0.0))
-    return parallel + staging + estimates.get("compute", 0.0)
+    return parallel + staging_seconds + estimates.get("compute", 0.0)
 
 
 class Planner:
@@ -114,18 +120,31 @@ class Planner:
             )
 
     def offers(
-        self, session: Session, plan: Plan, now: datetime, limit: int | None = None
+        self,
+        session: Session,
+        plan: Plan,
+        now: datetime,
+        limit: int | None = None,
+        data: DataAssessment | None = None,
     ) -> tuple[list[Offer] | list[Message], dict[str, int]]:
         """Offers for ``plan`` (or the messages that explain why there are none), and each platform's longest hold.
 
-        Locks the platforms: the caller books what it takes in the same transaction.
+        ``data`` says how long each platform needs to stage the plan's data, and which platforms cannot take
+        it; without it, staging time is guessed from URL schemes. Locks the platforms: the caller books what
+        it takes in the same transaction.
         """
         limit = limit or self.settings.max_offers
         found: list[Offer] = []
         reasons: list[Message] = []
         longest = self._lock(session, list(self.platforms))
         for name, platform in self.platforms.items():
-            result = self._offers_on(session, name, platform, plan, now, limit, longest.get(name, 0))
+            if data is not None and name in data.unfit:
+                reasons.append(data.unfit[name])
+                continue
+            staging = (
+                data.staging_seconds.get(name, 0.0) if data is not None else static_staging_seconds(plan)
+            )
+            result = self._offers_on(session, name, platform, plan, now, limit, longest.get(name, 0), staging)
             if isinstance(result, Message):
                 reasons.append(result)
             else:
@@ -144,6 +163,7 @@ class Planner:
         now: datetime,
         limit: int,
         lookback: int,
+        staging_seconds: float,
     ) -> list[Offer] | Message:
         info = platform.info
         capacity = info.capacity
@@ -178,7 +198,7 @@ class Planner:
                 )
 
         step = max(1, int(self.settings.slot_step.total_seconds()))
-        prep = _align(int(preparation_seconds(plan, platform) + 0.999), step)
+        prep = _align(int(preparation_seconds(platform, staging_seconds) + 0.999), step)
         duration = int(plan.duration.total_seconds())
         release = int(self.settings.release_margin.total_seconds())
         length = prep + duration + release

@@ -105,6 +105,53 @@ class CommandExecutableIn(ComponentIn):
         return value
 
 
+class ImagePlatformIn(WireModel):
+    architecture: str = "amd64"
+    os: str = "linux"
+
+
+class ImageIn(WireModel):
+    locations: list[str] = Field(min_length=1)
+    digest: str | None = Field(default=None, pattern=r"^(sha256:)?[0-9a-fA-F]{64}$")
+    platform: ImagePlatformIn | None = None
+
+
+class PortNumberIn(WireModel):
+    port: int = Field(ge=1, le=65535)
+
+
+class NetworkPortIn(WireModel):
+    access: bool = True
+    internal: PortNumberIn
+    external: dict[str, Any] | None = None
+    """Filled in by the broker on output; ignored on input."""
+    protocol: Literal["UDP", "TCP", "HTTP", "HTTPS"] = "TCP"
+    path: str = ""
+
+
+class NetworkIn(WireModel):
+    ports: list[NetworkPortIn] = Field(default_factory=list)
+
+
+class DockerExecutableIn(ComponentIn):
+    """``…/kinds/executable/docker-container.yaml``."""
+
+    image: ImageIn
+    privileged: bool = False
+    entrypoint: str | None = None
+    command: list[str] = Field(default_factory=list)
+    environment: dict[str, str] = Field(default_factory=dict)
+    network: NetworkIn | None = None
+
+
+class JupyterExecutableIn(ComponentIn):
+    """``…/kinds/executable/jupyter-notebook.yaml``: an interactive notebook session; ``location`` is the
+    notebook to open, when there is one."""
+
+    location: str | None = None
+    environment: dict[str, str] = Field(default_factory=dict)
+
+
 class VolumeMountIn(WireModel):
     kind: str | None = None
     path: str
@@ -121,12 +168,77 @@ class ComputeIn(ComponentIn):
 class StorageIn(ComponentIn):
     size: MinMax | None = None
     data: list[str] = Field(default_factory=list)
+    destination: str | None = None
+    """Ecliptic extension: where the storage's contents are pushed when the session is released (a
+    ``mesh:``, ``s3:``, ``file:`` or ``http(s):`` URL), before compute and storage are freed."""
 
 
 class SimpleDataIn(ComponentIn):
     location: str
     storage: str | None = None
     checksum: Checksum | None = None
+
+
+class S3DataIn(ComponentIn):
+    endpoint: str
+    template: str | None = None
+    bucket: str = Field(min_length=1)
+    object: str | None = None
+    """Blank: the whole bucket."""
+    storage: str | None = None
+
+
+class RucioBlockIn(WireModel):
+    endpoint: str | None = None
+    scope: str = Field(min_length=1)
+    object: str = Field(min_length=1)
+    type: Literal["FILE", "DATASET", "CONTAINER"] = "FILE"
+
+
+class RucioDataIn(ComponentIn):
+    rucio: RucioBlockIn
+    storage: str | None = None
+
+
+class ObscoreIn(WireModel):
+    access_url: str | None = None
+    access_format: str | None = None
+
+
+class DatalinkIn(WireModel):
+    access_url: str | None = None
+    content_length: int | None = None
+
+
+class IvoaBlockIn(WireModel):
+    ivoid: str | None = None
+    obscore: ObscoreIn | None = None
+    datalink: DatalinkIn | None = None
+
+
+class IvoaDataIn(ComponentIn):
+    ivoa: IvoaBlockIn
+    storage: str | None = None
+
+
+class SkaoReplicaIn(WireModel):
+    rsename: str
+    dataurl: str
+
+
+class SkaoBlockIn(WireModel):
+    namespace: str = Field(min_length=1)
+    objectname: str = Field(min_length=1)
+    objecttype: str | None = None
+    datasize: int | None = Field(default=None, ge=0)
+    checksum: Checksum | None = None
+    replicas: list[SkaoReplicaIn] = Field(default_factory=list)
+
+
+class SkaoDataIn(ComponentIn):
+    ivoa: IvoaBlockIn | None = None
+    skao: SkaoBlockIn
+    storage: str | None = None
 
 
 class RequestedSchedule(WireModel):

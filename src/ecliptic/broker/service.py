@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from ecliptic import engine
 from ecliptic.broker import lifecycle
+from ecliptic.broker.data_plan import DataAssessment, assess
 from ecliptic.broker.phases import ComponentPhase, SessionPhase
 from ecliptic.broker.plan import Plan, Rejection
 from ecliptic.broker.planner import Offer, Planner
@@ -22,6 +23,9 @@ from ecliptic.broker.validate import validate
 from ecliptic.config import Settings
 from ecliptic.isotime import utcnow
 from ecliptic.platforms.base import Platform
+from ecliptic.staging.estimates import TransferEstimator
+from ecliptic.staging.results import ResultPusher
+from ecliptic.staging.router import DataSources
 from ecliptic.store.bulk import insert_new
 from ecliptic.store.database import Database
 from ecliptic.store.tables import (
@@ -63,12 +67,18 @@ class Broker:
         platforms: dict[str, Platform],
         planner: Planner,
         wake: Callable[[], None] | None = None,
+        data_sources: DataSources | None = None,
+        estimator: TransferEstimator | None = None,
+        results: ResultPusher | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
         self.platforms = platforms
         self.planner = planner
         self._wake = wake or (lambda: None)
+        self.data_sources = data_sources
+        self.estimator = estimator
+        self.results = results
 
     # -- set-up ----------------------------------------------------------------------------------------------
     def sync_platforms(self) -> None:
@@ -97,7 +107,7 @@ class Broker:
         offer set comes back as built, so answering it needs no second query.
         """
         now = utcnow()
-        checked = self._validate(request, now)
+        checked, data = self._validate(request, now)
         offerset = OfferSetRow(
             uuid=str(uuid.uuid4()),
             name=(request.meta.name if request.meta else None) or request.name,
@@ -113,7 +123,7 @@ class Broker:
             if isinstance(checked, Rejection):
                 offerset.messages = _dump(checked.messages)
             else:
-                found, longest = self.planner.offers(session, checked, now)
+                found, longest = self.planner.offers(session, checked, now, data=data)
                 if not found or isinstance(found[0], Message):
                     offerset.messages = _dump([m for m in found if isinstance(m, Message)] + checked.messages)
                 else:
@@ -138,14 +148,14 @@ class Broker:
     def direct(self, request: ExecutionRequest, owner: str | None = None) -> DirectResult:
         """Direct execution: book the first offer and accept it at once, or a FAILED session saying why not."""
         now = utcnow()
-        checked = self._validate(request, now)
+        checked, data = self._validate(request, now)
         accepted: str | None = None
         with self.db.write() as session:
             reasons: list[Message] = []
             if isinstance(checked, Rejection):
                 reasons = checked.messages
             else:
-                found, longest = self.planner.offers(session, checked, now, limit=1)
+                found, longest = self.planner.offers(session, checked, now, limit=1, data=data)
                 if found and isinstance(found[0], Offer):
                     row = self._session_for(checked, found[0], now, owner, SessionPhase.ACCEPTED, None)
                     row.messages = _dump(checked.messages)
@@ -163,13 +173,25 @@ class Broker:
             return DirectResult(self.session(accepted), True)
         return DirectResult(self.session(failed.uuid), False)
 
-    def _validate(self, request: ExecutionRequest, now: datetime) -> Plan | Rejection:
-        return validate(
+    def _validate(
+        self, request: ExecutionRequest, now: datetime
+    ) -> tuple[Plan | Rejection, DataAssessment | None]:
+        """The plan (or why not), with where its data is and how long each platform needs to stage it."""
+        checked = validate(
             request,
             now=now,
             default_duration=self.settings.default_duration,
             file_roots=self.settings.file_data_roots,
         )
+        if isinstance(checked, Rejection) or not checked.data:
+            return checked, None
+        if self.data_sources is None or self.estimator is None:
+            return checked, None
+        data = assess(checked, self.platforms, self.data_sources, self.estimator, now)
+        if data.refusals:
+            return Rejection(data.refusals + data.notes + checked.messages), None
+        checked.messages.extend(data.notes)
+        return checked, data
 
     def _session_for(
         self,

@@ -25,10 +25,16 @@ from ecliptic.broker.schema import (
     CommandExecutableIn,
     ComponentIn,
     ComputeIn,
+    DockerExecutableIn,
     ErrorDetail,
     ExecutionRequest,
+    IvoaDataIn,
+    JupyterExecutableIn,
     Message,
+    RucioDataIn,
+    S3DataIn,
     SimpleDataIn,
+    SkaoDataIn,
     StorageIn,
     VolumeMountIn,
 )
@@ -37,9 +43,16 @@ from ecliptic.isotime import Interval, IsoTimeError, format_instant, parse_durat
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
 
-UNSUPPORTED_EXECUTABLES = {kinds.DOCKER, kinds.SINGULARITY, kinds.JUPYTER}
-UNSUPPORTED_DATA = {kinds.DATA_S3, kinds.DATA_RUCIO, kinds.DATA_IVOA, kinds.DATA_SKAO}
-DATA_SCHEMES = {"http", "https", "file"}
+UNSUPPORTED_EXECUTABLES = {kinds.SINGULARITY}
+DATA_SCHEMES = {"http", "https", "file", "mesh"}
+DATA_MODELS: dict[str, type[ComponentIn]] = {
+    kinds.DATA_SIMPLE: SimpleDataIn,
+    kinds.DATA_S3: S3DataIn,
+    kinds.DATA_RUCIO: RucioDataIn,
+    kinds.DATA_IVOA: IvoaDataIn,
+    kinds.DATA_SKAO: SkaoDataIn,
+}
+RESULT_SCHEMES = {"mesh", "s3", "file", "http", "https"}
 
 
 class RequestInvalid(Exception):
@@ -140,6 +153,17 @@ class _Validator:
                 kind=kind,
             )
             return None
+        if kind == kinds.DOCKER:
+            return self.docker_executable(raw)
+        if kind == kinds.JUPYTER:
+            notebook = self.parse(JupyterExecutableIn, raw, ("executable",))
+            if notebook is None:
+                return None
+            return self.component(
+                "executable",
+                notebook,
+                {"location": notebook.location, "environment": notebook.environment, "command": []},
+            )
         if kind != kinds.COMMAND:
             self.unknown_kind("executable", kind, "executable.kind")
             return None
@@ -148,6 +172,47 @@ class _Validator:
             return None
         return self.component(
             "executable", parsed, {"command": parsed.command, "environment": parsed.environment}
+        )
+
+    def docker_executable(self, raw: dict[str, Any]) -> ComponentPlan | None:
+        parsed = self.parse(DockerExecutableIn, raw, ("executable",))
+        if parsed is None:
+            return None
+        if parsed.privileged:
+            self.refuse(
+                "urn:not-allowed",
+                "Privileged containers are not run by this broker (at {path}); remove privileged: true",
+                path="executable.privileged",
+            )
+            return None
+        for index, location in enumerate(parsed.image.locations):
+            if not location.strip() or any(ch.isspace() for ch in location):
+                self.bad(
+                    ("executable", "image", "locations", index),
+                    f"{location!r} is not an image reference (registry/namespace/name:tag)",
+                )
+        digest = parsed.image.digest
+        if digest is not None and not digest.startswith("sha256:"):
+            digest = f"sha256:{digest}"
+        ports = [
+            {
+                "internal": port.internal.port,
+                "protocol": port.protocol,
+                "path": port.path,
+                "access": port.access,
+            }
+            for port in (parsed.network.ports if parsed.network else [])
+        ]
+        return self.component(
+            "executable",
+            parsed,
+            {
+                "image": {"locations": parsed.image.locations, "digest": digest.lower() if digest else None},
+                "entrypoint": parsed.entrypoint,
+                "command": parsed.command,
+                "environment": parsed.environment,
+                "ports": ports,
+            },
         )
 
     def compute(self) -> tuple[ComponentPlan, tuple[int, int], tuple[int, int], list[VolumeMountIn]] | None:
@@ -197,7 +262,18 @@ class _Validator:
             if parsed is None:
                 continue
             low, _high = self.min_max(parsed.size, ("storage", index, "size"), default=1)
-            plan = self.component("storage", parsed, {"size": {"min": low, "max": low}})
+            spec: dict[str, Any] = {"size": {"min": low, "max": low}}
+            if parsed.destination is not None:
+                scheme = urlsplit(parsed.destination).scheme.lower()
+                if scheme not in RESULT_SCHEMES:
+                    self.bad(
+                        ("storage", index, "destination"),
+                        f"{parsed.destination!r}: results can be pushed to mesh:, s3:, file:, http: or "
+                        "https: URLs",
+                    )
+                    continue
+                spec["destination"] = parsed.destination
+            plan = self.component("storage", parsed, spec)
             self.register(plan, ("storage", index))
             result.append((plan, low))
         return result
@@ -207,53 +283,100 @@ class _Validator:
         for index, raw in enumerate(self.request.data):
             raw = {"kind": kinds.DATA_SIMPLE, **raw}
             kind = kinds.normalise(str(raw["kind"]))
-            if kind in UNSUPPORTED_DATA:
-                self.refuse(
-                    "urn:not-supported",
-                    "Data resources of kind {kind} (at data[{index}]) are not supported by any platform here; "
-                    "use a simple data resource with an http(s) or file URL",
-                    kind=kind,
-                    index=index,
-                )
-                continue
-            if kind != kinds.DATA_SIMPLE:
+            model = DATA_MODELS.get(kind)
+            if model is None:
                 self.unknown_kind("data", kind, f"data[{index}].kind")
                 continue
-            parsed = self.parse(SimpleDataIn, raw, ("data", index))
+            parsed = self.parse(model, raw, ("data", index))
             if parsed is None:
                 continue
-            scheme = urlsplit(parsed.location).scheme.lower()
-            if scheme not in DATA_SCHEMES:
-                self.refuse(
-                    "uri:unknown-url",
-                    "Cannot fetch data[{index}].location {location}: the scheme {scheme} is not one of "
-                    "http, https, file",
-                    index=index,
-                    location=parsed.location,
-                    scheme=scheme or "(none)",
-                )
+            spec = self.data_spec(index, parsed)
+            if spec is None:
                 continue
-            if scheme == "file" and not self.file_allowed(parsed.location):
-                roots = ", ".join(str(root) for root in self.defaults.file_roots) or "none"
-                self.refuse(
-                    "urn:not-allowed",
-                    "data[{index}].location {location} is not under a directory this broker serves files from "
-                    "({roots}); the operator can add one with ECLIPTIC_FILE_DATA_ROOTS",
-                    index=index,
-                    location=parsed.location,
-                    roots=roots,
-                )
-                continue
-            spec: dict[str, Any] = {"location": parsed.location}
-            if parsed.checksum is not None:
-                spec["checksum"] = {
-                    "type": parsed.checksum.type.lower(),
-                    "value": parsed.checksum.value.lower(),
-                }
             plan = self.component("data", parsed, spec)
             self.register(plan, ("data", index))
-            result.append((plan, parsed.storage))
+            result.append((plan, getattr(parsed, "storage", None)))
         return result
+
+    def data_spec(self, index: int, parsed: ComponentIn) -> dict[str, Any] | None:
+        """The component's spec as its data source reads it (see ``ecliptic.staging.sources``)."""
+        if isinstance(parsed, SimpleDataIn):
+            return self.simple_data_spec(index, parsed)
+        if isinstance(parsed, S3DataIn):
+            return {
+                "endpoint": parsed.endpoint,
+                "template": parsed.template,
+                "bucket": parsed.bucket,
+                "object": parsed.object or None,
+            }
+        if isinstance(parsed, RucioDataIn):
+            return {"rucio": parsed.rucio.model_dump(mode="json")}
+        if isinstance(parsed, IvoaDataIn):
+            block = parsed.ivoa
+            access = (block.obscore.access_url if block.obscore else None) or (
+                block.datalink.access_url if block.datalink else None
+            )
+            if not access:
+                self.refuse(
+                    "urn:not-supported",
+                    "data[{index}] names IVOA data {ivoid} without an access URL; this broker stages IVOA "
+                    "data from ivoa.obscore.access_url or ivoa.datalink.access_url",
+                    index=index,
+                    ivoid=block.ivoid or "(no ivoid)",
+                )
+                return None
+            scheme = urlsplit(access).scheme.lower()
+            if scheme not in ("http", "https"):
+                self.refuse(
+                    "uri:unknown-url",
+                    "Cannot fetch data[{index}] access URL {location}: the scheme {scheme} is not http or https",
+                    index=index,
+                    location=access,
+                    scheme=scheme or "(none)",
+                )
+                return None
+            return {"ivoa": block.model_dump(mode="json", exclude_none=True)}
+        assert isinstance(parsed, SkaoDataIn)
+        spec: dict[str, Any] = {"skao": parsed.skao.model_dump(mode="json", exclude_none=True)}
+        if parsed.ivoa is not None:
+            spec["ivoa"] = parsed.ivoa.model_dump(mode="json", exclude_none=True)
+        if parsed.skao.checksum is not None:
+            spec["checksum"] = {
+                "type": parsed.skao.checksum.type.lower(),
+                "value": parsed.skao.checksum.value.lower(),
+            }
+        return spec
+
+    def simple_data_spec(self, index: int, parsed: SimpleDataIn) -> dict[str, Any] | None:
+        scheme = urlsplit(parsed.location).scheme.lower()
+        if scheme not in DATA_SCHEMES:
+            self.refuse(
+                "uri:unknown-url",
+                "Cannot fetch data[{index}].location {location}: the scheme {scheme} is not one of "
+                "http, https, file, mesh",
+                index=index,
+                location=parsed.location,
+                scheme=scheme or "(none)",
+            )
+            return None
+        if scheme == "file" and not self.file_allowed(parsed.location):
+            roots = ", ".join(str(root) for root in self.defaults.file_roots) or "none"
+            self.refuse(
+                "urn:not-allowed",
+                "data[{index}].location {location} is not under a directory this broker serves files from "
+                "({roots}); the operator can add one with ECLIPTIC_FILE_DATA_ROOTS",
+                index=index,
+                location=parsed.location,
+                roots=roots,
+            )
+            return None
+        spec: dict[str, Any] = {"location": parsed.location}
+        if parsed.checksum is not None:
+            spec["checksum"] = {
+                "type": parsed.checksum.type.lower(),
+                "value": parsed.checksum.value.lower(),
+            }
+        return spec
 
     def file_allowed(self, location: str) -> bool:
         path = Path(unquote(urlsplit(location).path)).resolve()

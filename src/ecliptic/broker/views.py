@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from ecliptic.broker import kinds
 from ecliptic.broker.phases import ComponentPhase, SessionPhase, client_options
 from ecliptic.broker.schema import (
     ComponentOut,
     ComponentSchedule,
+    Connector,
     EnumValueOption,
     Message,
     Meta,
@@ -89,7 +90,24 @@ def session_out(row: SessionRow, base_url: str) -> SessionOut:
         compute=by_role["compute"][0] if by_role["compute"] else None,
         storage=by_role["storage"],
         data=by_role["data"],
+        connectors=_connectors(row, phase),
     )
+
+
+def _connectors(row: SessionRow, phase: SessionPhase) -> list[Connector]:
+    compute = next((c for c in row.components if c.role == "compute"), None)
+    if compute is None:
+        return []
+    if phase in (SessionPhase.AVAILABLE, SessionPhase.RUNNING):
+        status: Literal["PREPARING", "AVAILABLE", "FINISHED"] = "AVAILABLE"
+    elif phase in (SessionPhase.OFFERED, SessionPhase.ACCEPTED, SessionPhase.WAITING, SessionPhase.PREPARING):
+        status = "PREPARING"
+    else:
+        status = "FINISHED"
+    return [
+        Connector(kind=item["kind"], status=status, protocol=item["protocol"], location=item["location"])
+        for item in compute.state.get("connectors") or []
+    ]
 
 
 def transition_out(row: TransitionRow) -> dict[str, Any]:

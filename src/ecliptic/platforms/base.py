@@ -23,6 +23,48 @@ class Capacity:
     max_duration: timedelta
 
 
+COMMAND_KIND = "urn:ecliptic:executable:command"
+
+
+@dataclass(frozen=True)
+class Image:
+    """A container image: the first location that resolves is used; a digest pins the content."""
+
+    locations: tuple[str, ...]
+    digest: str | None = None
+    """``sha256:<hex>``; the platform refuses an image whose content has another digest."""
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host directory made visible to the run at ``target`` (a container path, or a link in the workdir)."""
+
+    source: Path
+    target: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class Port:
+    """A port the executable listens on, to be reachable from outside the run (published on loopback only)."""
+
+    internal: int
+    protocol: str = "TCP"
+    """``TCP``, ``UDP``, ``HTTP`` or ``HTTPS``: how a connector to it is spelt."""
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class Connector:
+    """How a client reaches a running session: reported by ``poll`` once the run is RUNNING."""
+
+    kind: str
+    """e.g. ``urn:ecliptic:connector:port``, ``urn:jupyter-notebook``, ``urn:ecliptic:connector:session``."""
+    protocol: str
+    location: str
+    """A URL (``http://127.0.0.1:32768/``) or, for raw TCP/UDP, ``host:port``."""
+
+
 @dataclass(frozen=True)
 class LaunchSpec:
     session_uuid: str
@@ -34,10 +76,22 @@ class LaunchSpec:
     memory_gib: int
     deadline: datetime
     """When the booked time is over: the platform stops the work then, whatever the broker is doing."""
+    name: str = ""
+    """A short human name (the session's, or its UUID's first part): platforms use it in their own names."""
+    executable_kind: str = COMMAND_KIND
+    image: Image | None = None
+    """The container image, for container executables (and for platforms that always run one)."""
+    entrypoint: str | None = None
+    mounts: tuple[Mount, ...] = ()
+    """Storage and staged data, by where the executable expects them (compute.volumes)."""
+    ports: tuple[Port, ...] = ()
+    session_type: str = "headless"
+    """Interactive platforms (Skaha): ``headless``, ``notebook``, ``desktop``, ``carta``, …"""
 
 
 class RunState(enum.StrEnum):
     PENDING = "pending"
+    """Accepted by the platform, not running yet (queued, pulling, scheduling): compute is still PREPARING."""
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -50,6 +104,7 @@ class RunStatus:
     state: RunState
     exit_code: int | None = None
     detail: str | None = None
+    connectors: tuple[Connector, ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -63,6 +118,10 @@ class PlatformInfo:
     executable_kinds: frozenset[str]
     prepare_seconds: dict[str, float] = field(default_factory=dict)
     """Estimated preparation time per component role (``executable``, ``compute``, ``storage``)."""
+    site: str = "local"
+    """Where the platform's storage is, for transfer-time estimates: data already at this site stages fastest."""
+    data_kinds: frozenset[str] | None = None
+    """The data resource kinds sessions here may use; None means every kind the broker stages itself."""
 
 
 class Platform(Protocol):
@@ -76,5 +135,12 @@ class Platform(Protocol):
     def poll(self, workdir: Path, handle: dict[str, Any]) -> RunStatus: ...
 
     def stop(self, workdir: Path, handle: dict[str, Any], reason: str) -> None:
-        """Stop the work now (cancel, deadline). Safe to call when it has already stopped."""
+        """Stop the work now (cancel, deadline), and remove what the platform made for it (container, job).
+
+        Safe to call when it has already stopped, and again after it was removed.
+        """
+        ...
+
+    def logs(self, workdir: Path, handle: dict[str, Any]) -> str:
+        """The run's output so far (stdout then stderr, or the platform's combined log), for messages and the UI."""
         ...

@@ -19,7 +19,14 @@ from typing import Any
 
 import ecliptic
 from ecliptic.isotime import format_duration, format_instant, parse_instant, utcnow
-from ecliptic.platforms.base import Capacity, LaunchSpec, PlatformInfo, RunState, RunStatus
+from ecliptic.platforms.base import (
+    COMMAND_KIND,
+    Capacity,
+    LaunchSpec,
+    PlatformInfo,
+    RunState,
+    RunStatus,
+)
 from ecliptic.platforms.supervisor import (
     CLAIM_FILE,
     CONTROL_DIR,
@@ -32,6 +39,8 @@ from ecliptic.platforms.supervisor import (
     REASON_NOT_EXECUTABLE,
     REASON_NOT_FOUND,
     REASON_STOPPED,
+    STDERR_LOG,
+    STDOUT_LOG,
     STOP_FILE,
     SUPERVISOR_FILE,
     SUPERVISOR_LOG,
@@ -46,8 +55,6 @@ from ecliptic.platforms.supervisor import (
     write_text_atomic,
 )
 
-COMMAND_KIND = "urn:ecliptic:executable:command"
-
 START_WINDOW = 30.0
 """How long a spawned supervisor may take to record itself before the run counts as lost."""
 
@@ -55,12 +62,13 @@ ORPHAN_GRACE = 5.0
 
 
 class LocalPlatform:
-    def __init__(self, capacity: Capacity, name: str = "local") -> None:
+    def __init__(self, capacity: Capacity, name: str = "local", site: str = "local") -> None:
         self._info = PlatformInfo(
             name=name,
             capacity=capacity,
             executable_kinds=frozenset({COMMAND_KIND}),
             prepare_seconds={"executable": 0, "compute": 1, "storage": 0},
+            site=site,
         )
 
     @property
@@ -149,6 +157,9 @@ class LocalPlatform:
         return RunStatus(RunState.LOST, detail="the run was never launched")
 
     # -- stop ------------------------------------------------------------------------------------------------
+    def logs(self, workdir: Path, handle: dict[str, Any]) -> str:
+        return read_logs(workdir)
+
     def stop(self, workdir: Path, handle: dict[str, Any], reason: str, *, wait: float = 10.0) -> None:
         """Ask the supervisor to stop the command and wait up to ``wait`` seconds for it to be gone.
 
@@ -180,6 +191,20 @@ class LocalPlatform:
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
+
+
+def read_logs(workdir: Path, limit: int = 64 * 1024) -> str:
+    """The last ``limit`` bytes of the run's stdout, then of its stderr."""
+    parts = []
+    for name in (STDOUT_LOG, STDERR_LOG):
+        path = workdir / LOGS_DIR / name
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(max(0, path.stat().st_size - limit))
+                parts.append(fh.read().decode("utf-8", errors="replace"))
+        except OSError:
+            continue
+    return "".join(parts)
 
 
 def _supervisor_alive(record: dict[str, Any]) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from ecliptic.store.types import JSONDoc, UTCDateTime
@@ -271,3 +271,34 @@ class AuditRow(Base):
     schedule: Mapped[str | None] = mapped_column(String(128))
     schedule_id: Mapped[str | None] = mapped_column(String(36))
     detail: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
+
+
+# -- staging ------------------------------------------------------------------------------------------------
+
+
+class TransferRow(Base):
+    """One finished data transfer: what transfer-time estimates learn from.
+
+    No foreign keys to sessions or components: the history is worth keeping after the sessions are gone.
+    """
+
+    __tablename__ = "transfers"
+    __table_args__ = (
+        # The estimator reads the newest transfers of one (source, site) pair, newest first.
+        Index("ix_transfers_source_site_finished", "source", "site", "finished_at"),
+    )
+
+    id: Mapped[int] = mapped_column(_RunId, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(256))
+    """The replica's estimate key (``rse:NAME``, ``http:host:port``, …)."""
+    site: Mapped[str] = mapped_column(String(128))
+    """The site of the platform the data was staged to."""
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    seconds: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ok: Mapped[bool] = mapped_column(default=True)
+    in_flight: Mapped[int] = mapped_column(Integer, default=0)
+    """Other transfers from the same source running at the same time, as far as the recorder knew: they shared
+    the source's bandwidth, so this transfer's own rate understates what the source can do."""
+    session_uuid: Mapped[str | None] = mapped_column(String(36))
+    component_uuid: Mapped[str | None] = mapped_column(String(36))
