@@ -112,6 +112,20 @@ def test_an_expired_lease_is_claimed_again(database_url: str) -> None:
         assert engine.pending(s) == 1
 
 
+def test_a_lapsed_lease_is_not_claimed_by_the_runner_still_running_it(database_url: str) -> None:
+    db = _db(database_url)
+    with db.write() as s:
+        engine.schedule(s, "k", "slow", utcnow())
+        engine.schedule(s, "k", "other", utcnow())
+    first = engine.claim(db, "busy", 10, timedelta(milliseconds=100))
+    running = {job.id for job in first if job.subject == "slow"}
+    time.sleep(0.2)  # its heartbeat came late: the lease lapsed while the handler still runs
+    again = engine.claim(db, "busy", 10, timedelta(seconds=30), running=running)
+    assert [job.subject for job in again] == ["other"]
+    elsewhere = engine.claim(db, "another-process", 10, timedelta(seconds=30))
+    assert [job.subject for job in elsewhere] == ["slow"]  # another owner may take a lapsed lease over
+
+
 def test_many_workers_run_each_item_exactly_once(database_url: str) -> None:
     db = _db(database_url)
     runs = Counter[str]()

@@ -303,6 +303,8 @@ class FakeKubernetes:
         self.pod_ip = pod_ip
         self.requests: list[tuple[str, str]] = []
         """Every request as (method, path with query), for tests that count calls."""
+        self.errors: list[BaseException] = []
+        """What went wrong inside the fake's controllers; ``close`` raises the first."""
         self.warnings: list[str] = []
         """Every ``Warning`` header sent, e.g. for unknown fields that were dropped."""
         self._lock = threading.RLock()
@@ -343,6 +345,8 @@ class FakeKubernetes:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         sim.proc.wait(timeout=5)
         shutil.rmtree(self._scratch, ignore_errors=True)
+        if self.errors:
+            raise RuntimeError("the fake Kubernetes controllers failed") from self.errors[0]
 
     # -- inspection for tests ----------------------------------------------------------------------------
     def jobs(self, namespace: str) -> list[dict[str, Any]]:
@@ -736,10 +740,15 @@ class FakeKubernetes:
         while not self._stop.wait(0.01):
             with self._lock:
                 now = time.monotonic()
-                for sim in list(self._pods.values()):
-                    self._kubelet(sim, now)
-                for job_sim in list(self._jobs.values()):
-                    self._job_controller(job_sim, now)
+                try:
+                    for sim in list(self._pods.values()):
+                        self._kubelet(sim, now)
+                    for job_sim in list(self._jobs.values()):
+                        self._job_controller(job_sim, now)
+                except Exception as exc:
+                    # A broken test hook or fake must fail the test, not leave it waiting for a pod.
+                    self.errors.append(exc)
+                    return
 
     def _job_controller(self, sim: _JobSim, now: float) -> None:
         job = self._objects.get(("jobs", sim.namespace, sim.name))
@@ -1338,28 +1347,26 @@ def _split_requirements(text: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
+def _label_test(key: str, values: set[str] | None, wanted: bool) -> Callable[[dict[str, str]], bool]:
+    """A label requirement: ``key`` has one of ``values`` (or exists, when None), or ``not wanted`` that."""
+
+    def test(labels: dict[str, str]) -> bool:
+        present = key in labels if values is None else labels.get(key) in values
+        return present is wanted
+
+    return test
+
+
 def _label_selector(text: str) -> list[Callable[[dict[str, str]], bool]]:
     tests: list[Callable[[dict[str, str]], bool]] = []
+    key = r"[A-Za-z0-9][-A-Za-z0-9_./]*"
     for requirement in _split_requirements(text):
-        key = r"[A-Za-z0-9][-A-Za-z0-9_./]*"
         if m := re.fullmatch(rf"({key})\s*(==|=|!=)\s*([-A-Za-z0-9_.]*)", requirement):
-            k, op, v = m[1], m[2], m[3]
-            if op == "!=":
-                tests.append(lambda labels, k=k, v=v: labels.get(k) != v)
-            else:
-                tests.append(lambda labels, k=k, v=v: labels.get(k) == v)
+            tests.append(_label_test(m[1], {m[3]}, m[2] != "!="))
         elif m := re.fullmatch(rf"({key})\s+(in|notin)\s+\(([^)]*)\)", requirement):
-            k, values = m[1], {v.strip() for v in m[3].split(",")}
-            if m[2] == "in":
-                tests.append(lambda labels, k=k, values=values: labels.get(k) in values)
-            else:
-                tests.append(lambda labels, k=k, values=values: labels.get(k) not in values)
+            tests.append(_label_test(m[1], {v.strip() for v in m[3].split(",")}, m[2] == "in"))
         elif m := re.fullmatch(rf"(!?)\s*({key})", requirement):
-            k = m[2]
-            if m[1]:
-                tests.append(lambda labels, k=k: k not in labels)
-            else:
-                tests.append(lambda labels, k=k: k in labels)
+            tests.append(_label_test(m[2], None, not m[1]))
         else:
             raise ApiError(
                 400, "BadRequest", f"unable to parse requirement: found '{requirement}', expected: identifier"
@@ -1387,11 +1394,17 @@ def _field_selector(text: str, resource: str) -> list[Callable[[dict[str, Any]],
                 return str(current).lower()
             return "" if current is None else str(current)
 
-        if op == "!=":
-            tests.append(lambda obj, value=value, f=value_of: f(obj) != value)
-        else:
-            tests.append(lambda obj, value=value, f=value_of: f(obj) == value)
+        tests.append(_field_test(value_of, value, op != "!="))
     return tests
+
+
+def _field_test(
+    value_of: Callable[[dict[str, Any]], str], value: str, wanted: bool
+) -> Callable[[dict[str, Any]], bool]:
+    def test(obj: dict[str, Any]) -> bool:
+        return (value_of(obj) == value) is wanted
+
+    return test
 
 
 # -- the schema, from the official client's models ----------------------------------------------------------
@@ -1533,7 +1546,7 @@ def _quantity(text: Any) -> float | None:
         return number * _SUFFIXES[suffix]
     if suffix[:1] in "eE":
         try:
-            return number * 10 ** int(suffix[1:])
+            return number * 10.0 ** int(suffix[1:])
         except ValueError:
             return None
     return None

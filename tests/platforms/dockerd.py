@@ -95,21 +95,23 @@ def busybox_rootfs(busybox: Path) -> bytes:
     return out.getvalue()
 
 
-def _connect(host: str, process: subprocess.Popen[bytes], log: Path, what: str) -> Any:
+def _connect(host: str, process: subprocess.Popen[bytes], log: Path, what: str, *, required: bool) -> Any:
     """A client of the daemon once it answers; unavailable if it exits or stays silent."""
     import docker
 
     until = time.monotonic() + START_TIMEOUT
     while True:
         if process.poll() is not None:
-            unavailable(f"{what} exited with {process.returncode}: {_tail(log)}", required=True)
+            unavailable(f"{what} exited with {process.returncode}: {_tail(log)}", required=required)
         # version="auto" asks the daemon for its API version, so the client is only made once it listens.
         with contextlib.suppress(docker.errors.DockerException):
             api = docker.APIClient(base_url=host, version="auto", timeout=60)
             if api.ping():
                 return api
         if time.monotonic() > until:
-            unavailable(f"{what} did not answer within {START_TIMEOUT:.0f} s: {_tail(log)}", required=True)
+            unavailable(
+                f"{what} did not answer within {START_TIMEOUT:.0f} s: {_tail(log)}", required=required
+            )
         time.sleep(0.1)
 
 
@@ -175,7 +177,8 @@ def _import_image(api: Any, busybox: Path) -> str:
     return str(api.inspect_image(IMAGE)["Id"])
 
 
-def _prerequisites(kind: str, program: str) -> tuple[str, Path]:
+def _prerequisites(kind: str, program: str, package: str) -> tuple[str, Path]:
+    """The daemon's binary and a static busybox; what CI installs is required there, the rest may skip."""
     required = kind == "docker"
     if os.uname().sysname != "Linux" or os.geteuid() != 0:
         unavailable(f"the {kind} tests start their own daemon, which needs root on Linux", required=required)
@@ -185,9 +188,7 @@ def _prerequisites(kind: str, program: str) -> tuple[str, Path]:
         unavailable("the docker SDK is not installed (pip install docker)", required=required)
     binary = shutil.which(program)
     if binary is None:
-        unavailable(
-            f"{program} is not installed (apt-get install {kind}{'.io' if required else ''})", required=True
-        )
+        unavailable(f"{program} is not installed (apt-get install {package})", required=True)
     busybox = _static_busybox()
     if busybox is None:
         unavailable("no static busybox (apt-get install busybox-static)", required=True)
@@ -203,15 +204,18 @@ def _dockerd_version(binary: str) -> tuple[int, ...]:
 
 @pytest.fixture(scope="session")
 def docker_daemon() -> Iterator[Daemon]:
-    binary, busybox = _prerequisites("docker", "dockerd")
+    binary, busybox = _prerequisites("docker", "dockerd", "docker.io")
     root = Path(tempfile.mkdtemp(prefix="ecl-docker-"))
     config: dict[str, Any] = {}
     if _dockerd_version(binary) < (23, 0):
         # Before 23 the daemon writes an identity key into /etc/docker unless told where else to keep it.
         config["deprecated-key-path"] = str(root / "key.json")
     (root / "daemon.json").write_text(json.dumps(config))
-    plugins = Path("/run/docker/plugins")
-    made = [p for p in (plugins.parent, plugins) if not p.exists()]
+    # Folders the daemon makes in /run whatever its roots: its plugin folder, and containerd's shim sockets.
+    runtime_dirs = [
+        Path(p) for p in ("/run/docker", "/run/docker/plugins", "/run/containerd", "/run/containerd/s")
+    ]
+    made = [p for p in runtime_dirs if not p.exists()]
     default_netns = "/run/docker/netns/default"
     had_default_netns = _is_mountpoint(default_netns)
     host = f"unix://{root}/docker.sock"
@@ -238,7 +242,7 @@ def docker_daemon() -> Iterator[Daemon]:
         )
     api: Any = None
     try:
-        api = _connect(host, process, log, "dockerd")
+        api = _connect(host, process, log, "dockerd", required=True)
         image_id = _import_image(api, busybox)
         yield Daemon("docker", host, api, IMAGE, image_id, root, process.pid)
     finally:
@@ -256,7 +260,8 @@ def docker_daemon() -> Iterator[Daemon]:
 
 
 def _podman_config(root: Path) -> dict[str, str]:
-    # This machine forbids raising hard limits, and Podman's default RLIMIT_NOFILE/NPROC are above them.
+    # Hosts without CAP_SYS_RESOURCE cannot raise hard limits, and Podman's default RLIMIT_NOFILE and
+    # RLIMIT_NPROC are above theirs: every container start fails. These are below what such hosts allow.
     (root / "containers.conf").write_text(
         "[containers]\n"
         'default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]\n'
@@ -314,7 +319,7 @@ def _podman_runs(api: Any) -> str | None:
 
 @pytest.fixture(scope="session")
 def podman_daemon() -> Iterator[Daemon]:
-    binary, busybox = _prerequisites("podman", "podman")
+    binary, busybox = _prerequisites("podman", "podman", "podman")
     root = Path(tempfile.mkdtemp(prefix="ecl-podman-"))
     env = _podman_config(root)
     host = f"unix://{root}/podman.sock"
@@ -330,7 +335,7 @@ def podman_daemon() -> Iterator[Daemon]:
         )
     api: Any = None
     try:
-        api = _connect(host, process, log, "podman system service")
+        api = _connect(host, process, log, "podman system service", required=False)
         image_id = _import_image(api, busybox)
         why = _podman_runs(api)
         if why is not None:

@@ -112,8 +112,13 @@ def wait_for_status(
         time.sleep(0.1)
 
 
-def container_exists(daemon: Daemon, name: str) -> bool:
-    return any(f"/{name}" in (c.get("Names") or []) for c in daemon.api.containers(all=True))
+def eventually(read: Callable[[], str], wanted: str, timeout: float = 10) -> str:
+    until = time.monotonic() + timeout
+    while True:
+        text = read()
+        if wanted in text or time.monotonic() > until:
+            return text
+        time.sleep(0.1)
 
 
 def session_containers(daemon: Daemon, session: str) -> list[dict[str, Any]]:
@@ -158,8 +163,9 @@ def test_command_runs_to_exit_0_with_its_output_kept(
     assert (tmp_path / "logs" / "stdout.txt").read_text() == f"hello from {WORKDIR}\n"
     assert (tmp_path / "logs" / "stderr.txt").read_text() == "to-stderr\n"
     assert (tmp_path / "made-here").exists()
+    assert session_containers(daemon, spec.session_uuid)
     platform.stop(tmp_path, handle, "released")
-    assert not container_exists(daemon, container_name(spec.session_uuid))
+    assert not session_containers(daemon, spec.session_uuid)
     assert platform.poll(tmp_path, handle).state == RunState.SUCCEEDED
     assert platform.logs(tmp_path, handle) == f"hello from {WORKDIR}\nto-stderr\n"
 
@@ -197,7 +203,7 @@ def test_limits_are_applied(platform: DockerPlatform, daemon: Daemon, tmp_path: 
     spec = make_spec(tmp_path, ["sh", "-c", script], cores=2, memory_gib=1)
     handle = platform.launch(spec)
     config = daemon.api.inspect_container(handle["container"])["HostConfig"]
-    assert (config["NanoCpus"], config["Memory"]) == (2_000_000_000, 2**30)
+    assert (config["NanoCpus"], config["Memory"], config["MemorySwap"]) == (2_000_000_000, 2**30, 2**30)
     assert config["NetworkMode"] == "none"
     assert wait_for_status(platform, tmp_path, handle).state == RunState.SUCCEEDED
     numbers = [int(n) for n in re.findall(r"\d+", (tmp_path / "logs" / "stdout.txt").read_text())]
@@ -251,7 +257,7 @@ def test_host_network_serves_http_at_the_connector(daemon: Daemon, tmp_path: Pat
     until = time.monotonic() + 10
     while True:
         try:
-            response = httpx.get(connector.location, timeout=2)
+            response = httpx.get(connector.location, timeout=2, trust_env=False)
             break
         except httpx.TransportError:
             assert time.monotonic() < until, "httpd never answered"
@@ -281,11 +287,13 @@ def test_stop_ends_a_long_run_and_removes_its_container(
         wait_for_status(platform, tmp_path, handle, lambda s: s.state != RunState.PENDING).state
         == RunState.RUNNING
     )
-    assert "started" in _eventually(lambda: platform.logs(tmp_path, handle), "started")
+    assert "started" in eventually(lambda: platform.logs(tmp_path, handle), "started")
+    (container,) = session_containers(daemon, spec.session_uuid)
+    assert container["Names"] == [f"/{container_name(spec.session_uuid)}"]
     began = time.monotonic()
     platform.stop(tmp_path, handle, "cancelled by the test")
     assert time.monotonic() - began < 10
-    assert not container_exists(daemon, handle["container"])
+    assert not session_containers(daemon, spec.session_uuid)
     status = platform.poll(tmp_path, handle)
     assert status.state == RunState.FAILED
     assert "cancelled by the test" in (status.detail or "")
@@ -346,7 +354,7 @@ def test_deadline_stops_the_run(platform: DockerPlatform, daemon: Daemon, tmp_pa
     assert status.state == RunState.FAILED
     assert "deadline" in (status.detail or "")
     assert utcnow() >= spec.deadline
-    assert not container_exists(daemon, handle["container"])
+    assert not session_containers(daemon, spec.session_uuid)
 
 
 def test_a_program_that_is_not_in_the_image_fails_the_run(platform: DockerPlatform, tmp_path: Path) -> None:
@@ -378,15 +386,6 @@ def test_out_of_memory_is_called_out(platform: DockerPlatform, tmp_path: Path) -
     assert "out of memory" in (status.detail or ""), status
 
 
-def _eventually(read: Callable[[], str], wanted: str, timeout: float = 10) -> str:
-    until = time.monotonic() + timeout
-    while True:
-        text = read()
-        if wanted in text or time.monotonic() > until:
-            return text
-        time.sleep(0.1)
-
-
 @docker_only
 def test_a_run_that_ended_before_its_stop_keeps_its_own_result(
     platform: DockerPlatform, daemon: Daemon, tmp_path: Path
@@ -395,7 +394,7 @@ def test_a_run_that_ended_before_its_stop_keeps_its_own_result(
     handle = platform.launch(spec)
     daemon.api.wait(handle["container"], timeout=30)
     platform.stop(tmp_path, handle, "cancelled too late")
-    assert not container_exists(daemon, handle["container"])
+    assert not session_containers(daemon, spec.session_uuid)
     status = platform.poll(tmp_path, handle)
     assert (status.state, status.exit_code) == (RunState.SUCCEEDED, 0)
     assert platform.logs(tmp_path, handle) == "finished\n"

@@ -274,6 +274,27 @@ def test_second_call_does_not_download_again(archive: FakeArchive, tmp_path: Pat
     assert len(archive.requests) == 1
 
 
+def test_two_stagers_of_one_destination_download_once(archive: FakeArchive, tmp_path: Path) -> None:
+    """A step taken over after a lapsed lease may meet the one still running: the second waits and reuses."""
+    dest = tmp_path / "data.bin"
+    results: list[StagedFile | BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(stage(archive.url("/data.bin"), dest, checksum=("sha256", SHA256)))
+        except BaseException as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(results) == 4 and all(isinstance(r, StagedFile) and r.sha256 == SHA256 for r in results), results
+    assert len(archive.requests) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.bin"]
+
+
 def test_existing_file_with_wrong_checksum_is_replaced(archive: FakeArchive, tmp_path: Path) -> None:
     dest = tmp_path / "data.bin"
     dest.write_bytes(b"something else")

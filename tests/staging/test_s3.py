@@ -6,6 +6,7 @@ import hashlib
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,26 @@ def test_multipart_etag_is_verified(
     staged.path.write_bytes(bytes(corrupt))
     again = source.fetch(spec, resolved.replicas[0], tmp_path)
     assert again.path.read_bytes() == data
+
+
+def test_uneven_multipart_parts_are_checked_by_size(
+    config: S3Config, client: Any, bucket: str, endpoint: str, tmp_path: Path
+) -> None:
+    data = os.urandom(11 * MiB)
+    upload = client.create_multipart_upload(Bucket=bucket, Key="uneven.bin")["UploadId"]
+    parts = []
+    for number, (start, end) in enumerate([(0, 5 * MiB), (5 * MiB, 11 * MiB)], start=1):
+        answer = client.upload_part(
+            Bucket=bucket, Key="uneven.bin", UploadId=upload, PartNumber=number, Body=data[start:end]
+        )
+        parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+    client.complete_multipart_upload(
+        Bucket=bucket, Key="uneven.bin", UploadId=upload, MultipartUpload={"Parts": parts}
+    )
+    source = S3Source(config)
+    spec = _spec(endpoint, bucket, "uneven.bin")
+    staged = source.fetch(spec, source.resolve(spec).replicas[0], tmp_path)
+    assert staged.sha256 == hashlib.sha256(data).hexdigest()
 
 
 class Interrupt(Exception):
@@ -348,3 +369,17 @@ def test_templates_choose_the_addressing_style_and_endpoint() -> None:
         _target({"bucket": "obs", "endpoint": "ftp://127.0.0.1"}, plain)
     with pytest.raises(StagingError, match="must be a key"):
         _target({"bucket": "obs", "object": 7}, plain)
+
+
+def test_two_workers_on_one_object_do_not_mix_their_bytes(
+    config: S3Config, client: Any, bucket: str, endpoint: str, tmp_path: Path
+) -> None:
+    data = os.urandom(4 * MiB + 9)
+    client.put_object(Bucket=bucket, Key="shared.bin", Body=data)
+    source = S3Source(config)
+    spec = _spec(endpoint, bucket, "shared.bin")
+    replica = source.resolve(spec).replicas[0]
+    with ThreadPoolExecutor(2) as pool:
+        staged = list(pool.map(lambda _: source.fetch(spec, replica, tmp_path), range(2)))
+    assert [s.sha256 for s in staged] == [hashlib.sha256(data).hexdigest()] * 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.bin"]

@@ -27,7 +27,7 @@ from ecliptic.broker.phases import COMPONENT_TERMINAL, ComponentPhase, SessionPh
 from ecliptic.broker.service import Broker
 from ecliptic.engine import Again, Done, Job, Outcome
 from ecliptic.isotime import utcnow
-from ecliptic.platforms.base import Image, LaunchSpec, Mount, Platform, Port, RunState
+from ecliptic.platforms.base import Image, LaunchSpec, Mount, Platform, Port, RunState, launch_refused
 from ecliptic.platforms.local import LocalPlatform
 from ecliptic.staging import StagedFile, StagingError, filename_for, stage
 from ecliptic.staging.sources import Replica
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 PREPARE_ORDER = ("storage", "data", "executable", "compute")
 MAX_STAGING_ATTEMPTS = 5
 """Transient staging failures (5xx, timeouts) are retried with backoff this many times, then the session fails."""
+MAX_LAUNCH_ATTEMPTS = 5
+"""Launches that fail for reasons that may pass (a daemon down) are retried so often, then the session fails."""
 MAX_STEPS = 25
 """Quick steps one handler run may take before it yields its thread to other sessions."""
 
@@ -258,15 +260,20 @@ class SessionAdvancer:
         return None
 
     def _launch_spec(self, row: SessionRow, workdir: Path) -> LaunchSpec:
+        workdir.mkdir(parents=True, exist_ok=True)
         executable = self._component(row, "executable")
         compute = self._component(row, "compute")
         assert executable is not None and compute is not None
         environment = {str(k): str(v) for k, v in dict(executable.spec.get("environment") or {}).items()}
         by_uuid = {c.uuid: c for c in row.components}
+        inside = self.broker.platforms[row.platform].info.workdir_in_run
         for data in (c for c in row.components if c.role == "data"):
             staged = data.state.get("path")
             if staged:
-                environment[f"ECLIPTIC_DATA_{_env_name(data.name or data.uuid)}"] = str(staged)
+                path = Path(staged)
+                if inside is not None and path.is_relative_to(workdir):
+                    path = Path(inside) / path.relative_to(workdir)
+                environment[f"ECLIPTIC_DATA_{_env_name(data.name or data.uuid)}"] = str(path)
         mounts: list[Mount] = []
         for mount in compute.spec.get("volumes") or []:
             target = by_uuid.get(str(mount["resource"]))
@@ -398,6 +405,12 @@ class SessionAdvancer:
         replica = next((r for r in resolved.replicas if r.url == estimate.get("url")), resolved.replicas[0])
         return source.fetch(spec, replica, dest_dir, progress), replica
 
+    def _compute_uuid(self, session_uuid: str) -> str:
+        with self.db.read() as session:
+            row = session.get(SessionRow, session_uuid)
+            compute = self._component(row, "compute") if row is not None else None
+            return compute.uuid if compute is not None else ""
+
     def _count_attempt(self, component_uuid: str) -> int:
         with self.db.write() as session:
             component = session.get(ComponentRow, component_uuid)
@@ -408,7 +421,24 @@ class SessionAdvancer:
             return attempts
 
     def _launch(self, session_uuid: str, platform: Platform, spec: LaunchSpec) -> Step:
-        handle = platform.launch(spec)
+        try:
+            handle = platform.launch(spec)
+        except Exception as exc:
+            refused = launch_refused(exc)
+            if not refused and self._count_attempt(self._compute_uuid(session_uuid)) < MAX_LAUNCH_ATTEMPTS:
+                raise  # the engine retries with backoff
+            now = utcnow()
+            with self.db.write() as session:
+                row = lifecycle.locked(session, session_uuid)
+                if row is None or row.phase != SessionPhase.PREPARING:
+                    return None
+                compute = self._component(row, "compute")
+                reason = f"platform {row.platform} could not start the executable: {exc}"
+                if compute is not None:
+                    lifecycle.set_component_phase(session, row, compute, ComponentPhase.FAILED, now, reason)
+                    # Nothing was started, so there is nothing to stop.
+                    compute.state = {k: v for k, v in compute.state.items() if k != "launching"}
+                return self._fail(session, row, now, reason)
         now = utcnow()
         with self.db.write() as session:
             row = lifecycle.locked(session, session_uuid)

@@ -20,6 +20,18 @@ from ecliptic.broker.schema import (
 from ecliptic.isotime import format_duration, format_instant
 from ecliptic.store.tables import ComponentRow, OfferSetRow, SessionRow, TransitionRow
 
+_INTERNAL_SPEC = frozenset({"kind", "meta", "name", "estimates", "resolved"})
+_STAGING_STATE = (
+    "source",
+    "size",
+    "sha256",
+    "progress",
+    "staging_seconds",
+    "estimated_seconds",
+    "estimate_basis",
+)
+"""What a data component shows of its staging: where from, how big, how long against the estimate."""
+
 COMPONENT_PATHS = {"executable": "executables", "compute": "compute", "storage": "storage", "data": "data"}
 
 
@@ -45,7 +57,16 @@ def session_schedule(row: SessionRow) -> ComponentSchedule:
 
 
 def component_out(row: SessionRow, component: ComponentRow, base_url: str) -> ComponentOut:
-    fields = {key: value for key, value in component.spec.items() if key not in ("kind", "meta", "name")}
+    fields = {key: value for key, value in component.spec.items() if key not in _INTERNAL_SPEC}
+    if component.role == "data":
+        staging = {key: component.state[key] for key in _STAGING_STATE if key in component.state}
+        estimate = (component.spec.get("estimates") or {}).get(row.platform)
+        if estimate and "estimated_seconds" not in staging:
+            staging["estimated_seconds"] = estimate.get("seconds")
+            staging["estimate_basis"] = estimate.get("basis")
+            staging["source"] = estimate.get("source")
+        if staging:
+            fields["staging"] = staging
     if component.role == "compute":
         fields["cores"] = {"min": row.cores, "max": row.cores}
         fields["memory"] = {"min": row.memory_gib, "max": row.memory_gib}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import traceback
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -63,8 +64,19 @@ def pending(session: Session, kind: str | None = None) -> int:
     return int(session.scalar(query) or 0)
 
 
-def claim(db: Database, owner: str, limit: int, lease: timedelta, kinds: set[str] | None = None) -> list[Job]:
-    """Claim up to ``limit`` due, unleased items for ``owner``."""
+def claim(
+    db: Database,
+    owner: str,
+    limit: int,
+    lease: timedelta,
+    kinds: set[str] | None = None,
+    running: Collection[int] = (),
+) -> list[Job]:
+    """Claim up to ``limit`` due, unleased items for ``owner``.
+
+    ``running`` are items this owner is still running: when the machine is so busy that their heartbeat came
+    late and their lease lapsed, they must not be claimed, and so run twice at once, by their own runner.
+    """
     now = utcnow()
     with db.write() as session:
         query = (
@@ -78,6 +90,8 @@ def claim(db: Database, owner: str, limit: int, lease: timedelta, kinds: set[str
         )
         if kinds is not None:
             query = query.where(WorkItem.kind.in_(kinds))
+        if running:
+            query = query.where(WorkItem.id.not_in(list(running)))
         if db.is_postgres:
             query = query.with_for_update(skip_locked=True)
         items = session.scalars(query).all()

@@ -82,7 +82,9 @@ class Worker:
             try:
                 free = self._free_slots()
                 if free > 0:
-                    jobs = claim(self.db, self.owner, free, self.lease, set(self.handlers))
+                    with self._lock:
+                        running = set(self._inflight)
+                    jobs = claim(self.db, self.owner, free, self.lease, set(self.handlers), running)
                     claimed = len(jobs)
                     for job in jobs:
                         self._submit(job)

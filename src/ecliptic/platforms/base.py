@@ -122,6 +122,21 @@ class PlatformInfo:
     """Where the platform's storage is, for transfer-time estimates: data already at this site stages fastest."""
     data_kinds: frozenset[str] | None = None
     """The data resource kinds sessions here may use; None means every kind the broker stages itself."""
+    workdir_in_run: str | None = None
+    """Where the run sees the session's workdir (a container path), when not at its host path."""
+
+
+def launch_refused(exc: BaseException) -> bool:
+    """Whether a launch error says the same launch can never work (a bad image, a refused limit), so the
+    session fails now instead of being retried: platform errors carry ``retryable``, or an HTTP ``status``
+    in the client-error range; a ``ValueError`` is a spec the platform cannot run."""
+    retryable = getattr(exc, "retryable", None)
+    if retryable is not None:
+        return not retryable
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return 400 <= status < 500 and status not in (408, 429)
+    return isinstance(exc, ValueError)
 
 
 class Platform(Protocol):

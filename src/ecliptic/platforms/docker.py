@@ -106,7 +106,12 @@ _RUNNING = frozenset({"running", "paused", "restarting"})
 
 
 class DockerConfig(PlatformConfig):
-    type: Literal["docker", "podman"] = "docker"
+    """``[platforms.<name>]`` with ``type = "docker"`` or ``"podman"`` (Podman through its Docker-compatible API).
+
+    For example ``type = "podman"``, ``network = "host"``, ``default_image = "python:3.12-slim"``, ``cores = 8``.
+    """
+
+    type: Literal["docker", "podman"]
     host: str | None = Field(
         default=None,
         description="The daemon's API URL, DOCKER_HOST-style (unix:///run/docker.sock, tcp://host:2376). "
@@ -186,6 +191,7 @@ class DockerPlatform:
             executable_kinds=frozenset(kinds),
             prepare_seconds=estimates,
             site=config.site,
+            workdir_in_run=WORKDIR,
         )
         self._client: APIClient | None = None
         self._client_lock = threading.Lock()
@@ -352,6 +358,8 @@ class DockerPlatform:
             network_mode=self.config.network,
             nano_cpus=nano_cpus,
             mem_limit=memory,
+            # Equal to the memory limit: no swap on top of the memory that was booked.
+            memswap_limit=memory,
         )
         labels = {
             LABEL_SESSION: spec.session_uuid,

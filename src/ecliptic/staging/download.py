@@ -9,6 +9,7 @@ continuation is only accepted for the same entity.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -177,24 +178,70 @@ def stage(
         raise StagingError(f"{url!r} is not a valid URL: {exc}") from exc
     scheme = parts.scheme.lower()
     try:
-        if dest.is_file():
-            existing = _Hashes(checksum)
-            _hash_file(dest, existing)
-            if existing.matches():
-                return _result(dest, existing)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if scheme in ("http", "https"):
-            _fetch_http(url, dest, hashes, timeout=timeout, progress=progress)
-        elif scheme == "file":
-            source = _file_url_path(url, base_dir_for_file_urls)
-            _copy_file(source, dest, hashes, progress=progress)
-        else:
-            raise StagingError(
-                f"cannot stage {url!r}: unsupported URL scheme {parts.scheme or '(none)'!r} "
-                "(supported: http, https, file)"
+        with _exclusive(dest):
+            return _stage_locked(
+                url, parts.scheme, scheme, dest, hashes, checksum, timeout, progress, base_dir_for_file_urls
             )
     except OSError as exc:
         raise StagingError(f"cannot stage {url} into {dest}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _exclusive(dest: Path) -> Iterator[None]:
+    """One stager per destination, across threads and processes: a second waits, then finds the file whole.
+
+    Two can meet when a lease lapsed on a busy machine and another worker took the same step over.
+    """
+    lock = dest.with_name(f".{dest.name}.lock")
+    while True:
+        fh = open(lock, "a+b")  # noqa: SIM115 - held across the yield below
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                same = os.fstat(fh.fileno()).st_ino == os.stat(lock).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                # The holder before us removed the file as it left: lock the one that is there now.
+                continue
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError):
+                    lock.unlink()
+            return
+        finally:
+            fh.close()
+
+
+def _stage_locked(
+    url: str,
+    raw_scheme: str,
+    scheme: str,
+    dest: Path,
+    hashes: _Hashes,
+    checksum: tuple[str, str] | None,
+    timeout: float,
+    progress: Progress | None,
+    base_dir_for_file_urls: Path | None,
+) -> StagedFile:
+    if dest.is_file():
+        existing = _Hashes(checksum)
+        _hash_file(dest, existing)
+        if existing.matches():
+            return _result(dest, existing)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if scheme in ("http", "https"):
+        _fetch_http(url, dest, hashes, timeout=timeout, progress=progress)
+    elif scheme == "file":
+        source = _file_url_path(url, base_dir_for_file_urls)
+        _copy_file(source, dest, hashes, progress=progress)
+    else:
+        raise StagingError(
+            f"cannot stage {url!r}: unsupported URL scheme {raw_scheme or '(none)'!r} "
+            "(supported: http, https, file)"
+        )
     return _result(dest, hashes)
 
 

@@ -29,6 +29,7 @@ from ecliptic.staging.download import (
     Progress,
     StagedFile,
     StagingError,
+    _exclusive,
     _fsync_dir,
     filename_for,
     stage,
@@ -136,48 +137,64 @@ def stage_tree(
     beside the files, where a ``.part`` could collide with a real name). Files already in place from an
     interrupted run are kept when they still match; a ``final`` left by an earlier run is checked the same
     way, and files no longer in the collection are removed from it.
+
+    Only one stager assembles ``final`` at a time (the lock :func:`stage` takes), so a step taken over by
+    another worker after a lapsed lease cannot interleave its writes with this one's.
     """
     directories = list(directories)
     _check_tree(final, files, directories)
     work = final.with_name(final.name + ".partdir")
     parts = final.with_name(final.name + ".parts")
     try:
-        if final.is_dir() and not final.is_symlink():
-            if work.exists():
-                shutil.rmtree(work)
-            os.replace(final, work)
-        elif final.is_symlink() or final.exists():
-            final.unlink()  # a file staged under this name before: the collection takes its place
-        work.mkdir(parents=True, exist_ok=True)
-        parts.mkdir(exist_ok=True)
-        for directory in directories:
-            _make_dirs(work, work / directory)
-        sizes = [f.size for f in files]
-        total = sum(s for s in sizes if s is not None) if None not in sizes else None
-        done = 0
-        lines: list[tuple[str, str]] = []
-        for item in files:
-            target = work / item.relative
-            if _usable(target, item):
-                size, digest = sha256_file(target)
-            else:
-                _remove(target)
-                _make_dirs(work, target.parent)
-                key = hashlib.sha256(item.relative.encode()).hexdigest()[:32]
-                staged = item.fetch(
-                    target, parts / f"{key}.part", parts / f"{key}.part.meta", _offset(progress, done, total)
-                )
-                size, digest = staged.size, staged.sha256
-            done += size
-            lines.append((item.relative, digest))
-            if progress is not None:
-                progress(done, total)
-        _prune(work, {f.relative for f in files}, set(directories))
-        os.replace(work, final)
-        shutil.rmtree(parts, ignore_errors=True)
-        _fsync_dir(final.parent)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive(final):
+            return _assemble(final, work, parts, files, directories, progress)
     except OSError as exc:
         raise StagingError(f"cannot assemble {final}: {exc}") from exc
+
+
+def _assemble(
+    final: Path,
+    work: Path,
+    parts: Path,
+    files: Sequence[TreeFile],
+    directories: list[str],
+    progress: Progress | None,
+) -> StagedFile:
+    if final.is_dir() and not final.is_symlink():
+        if work.exists():
+            shutil.rmtree(work)
+        os.replace(final, work)
+    elif final.is_symlink() or final.exists():
+        final.unlink()  # a file staged under this name before: the collection takes its place
+    work.mkdir(parents=True, exist_ok=True)
+    parts.mkdir(exist_ok=True)
+    for directory in directories:
+        _make_dirs(work, work / directory)
+    sizes = [f.size for f in files]
+    total = sum(s for s in sizes if s is not None) if None not in sizes else None
+    done = 0
+    lines: list[tuple[str, str]] = []
+    for item in files:
+        target = work / item.relative
+        if _usable(target, item):
+            size, digest = sha256_file(target)
+        else:
+            _remove(target)
+            _make_dirs(work, target.parent)
+            key = hashlib.sha256(item.relative.encode()).hexdigest()[:32]
+            staged = item.fetch(
+                target, parts / f"{key}.part", parts / f"{key}.part.meta", _offset(progress, done, total)
+            )
+            size, digest = staged.size, staged.sha256
+        done += size
+        lines.append((item.relative, digest))
+        if progress is not None:
+            progress(done, total)
+    _prune(work, {f.relative for f in files}, set(directories))
+    os.replace(work, final)
+    shutil.rmtree(parts, ignore_errors=True)
+    _fsync_dir(final.parent)
     return StagedFile(path=final, size=done, sha256=tree_digest(lines))
 
 

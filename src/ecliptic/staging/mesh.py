@@ -33,6 +33,7 @@ from ecliptic.staging.download import (
     StagingError,
     _complete,
     _discard,
+    _exclusive,
     _Hashes,
     _open_part,
     _part_paths,
@@ -110,7 +111,8 @@ class MeshSource:
             try:
                 if entry.kind == "file":
                     part, meta = _part_paths(dest)
-                    return _fetch_file(client, url, entry, dest, part, meta, checksum, progress)
+                    with _exclusive(dest):
+                        return _fetch_file(client, url, entry, dest, part, meta, checksum, progress)
                 if checksum is not None:
                     raise StagingError(f"{url} is a directory: a checksum can only be verified for a file")
                 files, directories = _tree(client, path, url)

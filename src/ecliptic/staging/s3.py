@@ -39,6 +39,7 @@ from ecliptic.staging.download import (
     StagingError,
     _complete,
     _discard,
+    _exclusive,
     _Hashes,
     _open_part,
     _part_paths,
@@ -328,7 +329,8 @@ class S3Source:
             if isinstance(found, _Object):
                 dest = dest_dir / filename_for(found.key, "object")
                 part, meta = _part_paths(dest)
-                return self._download(client, target, found, dest, part, meta, checksum, progress)
+                with _exclusive(dest):
+                    return self._download(client, target, found, dest, part, meta, checksum, progress)
             if checksum is not None:
                 raise StagingError(
                     f"{target.describe()} is a collection: a checksum can only be verified for a file"
@@ -588,6 +590,9 @@ class _EtagCheck:
             return f"the MD5 {self.whole.hexdigest()} does not match the ETag {self.etag}"
         if self.part_length is not None:
             parts = self.parts + ([self.current.digest()] if self.in_part else [])
+            if f"-{len(parts)}" != self.etag[self.etag.rindex("-") :]:
+                # The upload's parts were not all as long as its first: the ETag cannot be recomputed.
+                return None
             combined = f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
             if combined != self.etag:
                 return f"the multipart MD5 {combined} does not match the ETag {self.etag}"

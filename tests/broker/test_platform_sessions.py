@@ -1,0 +1,217 @@
+"""Each execution platform through the broker: offer → accept → prepare → run → release, failure and cancel.
+
+The platforms are real where they can run here (a Slurm cluster, a Docker daemon) and faithful fakes where
+they cannot (the Kubernetes API, CANFAR Skaha), always driven by the real platform code behind the broker's
+HTTP API; only the local platform is switched off, so every offer is on the platform under test.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ecliptic.broker import kinds
+from tests.broker.requests import accept, command_request
+from tests.broker.waiting import wait_for_phase
+from tests.conftest import LiveServer, make_settings
+from tests.fakes.kubernetes import FakeKubernetes
+from tests.platforms.dockerd import Daemon, docker_daemon  # noqa: F401 - a fixture
+from tests.platforms.slurm_cluster import SlurmCluster, running_cluster
+
+
+@pytest.fixture(scope="module")
+def slurm() -> Iterator[SlurmCluster]:
+    yield from running_cluster()
+
+
+def _server(tmp_path: Path, platforms: dict[str, dict[str, Any]], **overrides: Any) -> LiveServer:
+    settings = make_settings(
+        tmp_path / "data",
+        f"sqlite:///{tmp_path / 'store.sqlite'}",
+        local_platform=False,
+        mesh_embedded=False,
+        platforms=platforms,
+        **overrides,
+    )
+    return LiveServer(settings)
+
+
+def _offer(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    offerset = http.post("requests", json=body).json()
+    assert offerset["result"] == "YES", offerset["meta"]["messages"]
+    return offerset["offers"][0]
+
+
+def _run(http: httpx.Client, body: dict[str, Any], timeout: float = 90) -> dict[str, Any]:
+    offer = _offer(http, body)
+    uuid = offer["meta"]["uuid"]
+    assert http.post(f"sessions/{uuid}", json=accept()).status_code == 200
+    return wait_for_phase(http, uuid, timeout=timeout)
+
+
+def _cancel_when_running(http: httpx.Client, body: dict[str, Any], timeout: float = 90) -> dict[str, Any]:
+    offer = _offer(http, body)
+    uuid = offer["meta"]["uuid"]
+    assert http.post(f"sessions/{uuid}", json=accept()).status_code == 200
+    wait_for_phase(http, uuid, {"AVAILABLE"}, timeout=timeout)
+    assert http.post(f"sessions/{uuid}", json=accept("CANCELLED")).status_code == 200
+    wait_for_phase(http, uuid, {"CANCELLED", "FAILED", "COMPLETED"}, timeout=timeout)
+    # The client's change is the session's at once; the platform's run is stopped by the next reconcile step.
+    return _released(http, uuid, timeout=timeout)
+
+
+def _released(http: httpx.Client, uuid: str, timeout: float = 30) -> dict[str, Any]:
+    """The session once every component has ended (the platform's run is gone)."""
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = http.get(f"sessions/{uuid}").json()
+        if body["compute"]["phase"] in ("COMPLETED", "FAILED", "CANCELLED"):
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"compute of {uuid} stayed {body.get('compute', {}).get('phase')}")
+
+
+# -- Slurm (a real single-node cluster) ----------------------------------------------------------------------
+def _slurm_platforms(cluster: SlurmCluster) -> dict[str, dict[str, Any]]:
+    return {
+        "hpc": {
+            "type": "slurm",
+            "submit": "cli",
+            "slurm_conf": str(cluster.conf),
+            "cores": 2,
+            "memory_gib": 4,
+            "site": "hpc",
+        }
+    }
+
+
+def test_slurm_session_runs_fails_and_cancels(slurm: SlurmCluster, tmp_path: Path) -> None:
+    with (
+        _server(tmp_path, _slurm_platforms(slurm)) as live,
+        httpx.Client(base_url=live.url, timeout=30) as http,
+    ):
+        done = _run(http, command_request("sh", "-c", "echo via-slurm; echo to-err >&2"))
+        assert done["phase"] == "COMPLETED", done["meta"]["messages"]
+        uuid = done["meta"]["uuid"]
+        assert http.get(f"sessions/{uuid}/files/logs/stdout.txt").text.strip() == "via-slurm"
+
+        failed = _run(http, command_request("sh", "-c", "exit 3"))
+        assert failed["phase"] == "FAILED"
+        assert "3" in failed["meta"]["messages"][-1]["message"]
+
+        cancelled = _cancel_when_running(http, command_request("sleep", "120"))
+        assert cancelled["phase"] == "CANCELLED"
+        job_name = f"ecliptic-{cancelled['meta']['uuid'].split('-')[0]}"
+        deadline = time.monotonic() + 30
+        while job_name in slurm.run("squeue", "-h", "-o", "%j") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert job_name not in slurm.run("squeue", "-h", "-o", "%j")
+
+
+# -- Kubernetes (a fake API server; the real client) ---------------------------------------------------------
+def _container_request(*argv: str, image: str = "registry.example/tools:1", **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "executable": {"kind": kinds.DOCKER, "image": {"locations": [image]}, "command": list(argv)},
+        "schedule": {"requested": {"duration": "PT5M"}},
+    }
+    body.update(extra)
+    return body
+
+
+def test_kubernetes_session_runs_fails_and_cancels(tmp_path: Path) -> None:
+    with FakeKubernetes(namespaces=("sessions",)) as fake:
+        platforms = {
+            "cluster": {
+                "type": "kubernetes",
+                "api_url": fake.url,
+                "token": fake.token,
+                "namespace": "sessions",
+                "cores": 4,
+                "memory_gib": 8,
+            }
+        }
+        with _server(tmp_path, platforms) as live, httpx.Client(base_url=live.url, timeout=30) as http:
+            done = _run(http, _container_request("sh", "-c", "echo via-kubernetes"))
+            assert done["phase"] == "COMPLETED", done["meta"]["messages"]
+            uuid = done["meta"]["uuid"]
+            assert "via-kubernetes" in http.get(f"sessions/{uuid}/files/logs/stdout.txt").text
+            assert _released(http, uuid)["compute"]["phase"] == "COMPLETED"
+
+            failed = _run(http, _container_request("sh", "-c", "exit 3"))
+            assert failed["phase"] == "FAILED"
+            assert "3" in failed["meta"]["messages"][-1]["message"]
+
+            cancelled = _cancel_when_running(http, _container_request("sleep", "120"))
+            assert cancelled["phase"] == "CANCELLED"
+            jobs = httpx.get(
+                f"{fake.url}/apis/batch/v1/namespaces/sessions/jobs",
+                headers={"Authorization": f"Bearer {fake.token}"},
+            ).json()["items"]
+            names = {job["metadata"]["name"] for job in jobs}
+            assert f"ecliptic-{cancelled['meta']['uuid'].split('-')[0]}" not in names
+
+
+# -- Docker (a real private dockerd, no bridge) --------------------------------------------------------------
+def test_docker_session_stages_data_into_the_container_and_pushes_results(
+    docker_daemon: Daemon,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "table.csv").write_text("a,b\n1,2\n")
+    results = tmp_path / "results"
+    results.mkdir()
+    platforms = {
+        "containers": {
+            "type": "docker",
+            "host": docker_daemon.host,
+            "cores": 2,
+            "memory_gib": 2,
+            "default_image": docker_daemon.image,
+            "stop_grace": 0,
+        }
+    }
+    body = _container_request(
+        "sh",
+        "-c",
+        'wc -l < /input/table.csv > /output/lines.txt; cat "$ECLIPTIC_DATA_TABLE" > /output/copy.csv',
+        image=docker_daemon.image,
+        data=[{"meta": {"name": "table"}, "location": (shared / "table.csv").as_uri(), "storage": "out"}],
+        storage=[{"meta": {"name": "out"}, "destination": (results / "run").as_uri()}],
+        compute={
+            "volumes": [
+                {"path": "/input/table.csv", "resource": "table"},
+                {"path": "/output", "resource": "out", "mode": "READWRITE"},
+            ]
+        },
+    )
+    with (
+        _server(tmp_path, platforms, file_data_roots=[shared], result_roots=[results]) as live,
+        httpx.Client(base_url=live.url, timeout=30) as http,
+    ):
+        done = _run(http, body)
+        assert done["phase"] == "COMPLETED", done["meta"]["messages"]
+        assert (results / "run" / "lines.txt").read_text().strip() == "2"
+        assert (results / "run" / "copy.csv").read_text() == "a,b\n1,2\n"
+        assert done["data"][0]["staging"]["size"] == 8
+        containers = docker_daemon.api.containers(all=True, filters={"label": "ecliptic.session"})
+        assert _released(http, done["meta"]["uuid"])["compute"]["phase"] == "COMPLETED"
+
+        failed = _run(http, _container_request("sh", "-c", "exit 3", image=docker_daemon.image))
+        assert failed["phase"] == "FAILED"
+        assert "3" in failed["meta"]["messages"][-1]["message"]
+
+        refused = _run(http, _container_request("true", image="127.0.0.1:1/not/there:1"))
+        assert refused["phase"] == "FAILED"
+        assert "not/there" in refused["meta"]["messages"][-1]["message"]
+
+        cancelled = _cancel_when_running(http, _container_request("sleep", "120", image=docker_daemon.image))
+        assert cancelled["phase"] == "CANCELLED"
+        containers = docker_daemon.api.containers(all=True, filters={"label": "ecliptic.session"})
+        assert [c for c in containers if cancelled["meta"]["uuid"] in str(c.get("Labels"))] == []
