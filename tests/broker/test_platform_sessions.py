@@ -20,6 +20,7 @@ from tests.broker.requests import accept, command_request
 from tests.broker.waiting import wait_for_phase
 from tests.conftest import LiveServer, make_settings
 from tests.fakes.kubernetes import FakeKubernetes
+from tests.fakes.skaha import FakeSkaha
 from tests.platforms.dockerd import Daemon, docker_daemon  # noqa: F401 - a fixture
 from tests.platforms.slurm_cluster import SlurmCluster, running_cluster
 
@@ -215,3 +216,53 @@ def test_docker_session_stages_data_into_the_container_and_pushes_results(
         assert cancelled["phase"] == "CANCELLED"
         containers = docker_daemon.api.containers(all=True, filters={"label": "ecliptic.session"})
         assert [c for c in containers if cancelled["meta"]["uuid"] in str(c.get("Labels"))] == []
+
+
+# -- CANFAR Skaha (a faithful fake; the real platform code) --------------------------------------------------
+def test_skaha_notebook_headless_cancel_and_session_limit(tmp_path: Path) -> None:
+    fake = FakeSkaha(max_interactive=1, public_url="https://canfar.example.org")
+    with fake.serve():
+        platforms = {
+            "canfar": {
+                "type": "skaha",
+                "url": fake.url,
+                "token": "test-token",
+                "cores": 16,
+                "memory_gib": 64,
+                "site": "canfar",
+            }
+        }
+        with _server(tmp_path, platforms) as live, httpx.Client(base_url=live.url, timeout=30) as http:
+            headless = _run(
+                http, _container_request("echo", "hello", image="images.canfar.net/skaha/terminal:1.1.1")
+            )
+            assert headless["phase"] == "COMPLETED", headless["meta"]["messages"]
+
+            notebook = _offer(http, {"executable": {"kind": kinds.JUPYTER}})
+            uuid = notebook["meta"]["uuid"]
+            assert http.post(f"sessions/{uuid}", json=accept()).status_code == 200
+            running = wait_for_phase(http, uuid, {"AVAILABLE"}, timeout=60)
+            deadline = time.monotonic() + 30
+            while not running["connectors"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+                running = http.get(f"sessions/{uuid}").json()
+            locations = [c["location"] for c in running["connectors"]]
+            assert any("canfar.example.org/session/notebook/" in loc for loc in locations), running[
+                "connectors"
+            ]
+            assert {c["status"] for c in running["connectors"]} == {"AVAILABLE"}
+
+            full = http.post("requests", json={"executable": {"kind": kinds.JUPYTER}}).json()
+            assert full["result"] == "NO"
+            assert any(m["kind"] == "urn:session-limit" for m in full["meta"]["messages"]), full
+
+            assert http.post(f"sessions/{uuid}", json=accept("CANCELLED")).status_code == 200
+            released = _released(http, uuid)
+            assert released["phase"] == "CANCELLED"
+            assert {c["status"] for c in released["connectors"]} == {"FINISHED"}
+            deadline = time.monotonic() + 30
+            while (
+                http.post("requests", json={"executable": {"kind": kinds.JUPYTER}}).json()["result"] != "YES"
+            ):
+                assert time.monotonic() < deadline, "the cancelled notebook still counts against the limit"
+                time.sleep(0.2)

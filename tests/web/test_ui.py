@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +76,31 @@ def test_an_unknown_session_is_a_page_that_says_so(ui_server: LiveServer, page: 
     response = page.goto(f"{ui_server.url}ui/sessions/00000000-0000-4000-8000-000000000000")
     assert response is not None and response.status == 404
     assert "There is no session 00000000-0000-4000-8000-000000000000" in page.inner_text("main")
+
+
+def test_the_session_page_shows_where_data_came_from_and_how_long_it_took(
+    ui_server: LiveServer, page: Any, tmp_path: Path
+) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "cube.fits").write_bytes(b"x" * 100_000)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        request = REQUEST.format(script="wc -c < input/cube.fits") + (
+            f"data:\n  - meta: {{name: cube}}\n    location: http://127.0.0.1:{server.server_address[1]}/cube.fits\n"
+            "compute:\n  volumes: [{path: input/cube.fits, resource: cube}]\n"
+        )
+        page.goto(f"{ui_server.url}ui/sessions")
+        page.fill("#request-text", request)
+        page.click("#ask")
+        page.locator(".offer button.accept").first.click()
+        page.wait_for_url("**/ui/sessions/*")
+        page.wait_for_function("document.querySelector('#session-phase').textContent.trim() === 'COMPLETED'")
+        staging = page.inner_text("table >> nth=0")
+        assert f"http:127.0.0.1:{server.server_address[1]}" in staging
+        assert "took" in staging and "estimated" in staging
+        assert "100000" in page.inner_text("#stdout")
+    finally:
+        server.shutdown()

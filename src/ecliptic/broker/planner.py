@@ -141,9 +141,8 @@ class Planner:
             if data is not None and name in data.unfit:
                 reasons.append(data.unfit[name])
                 continue
-            staging = (
-                data.staging_seconds.get(name, 0.0) if data is not None else static_staging_seconds(plan)
-            )
+            located = data.staging_seconds if data is not None else {}
+            staging = located[name] if name in located else static_staging_seconds(plan)
             result = self._offers_on(session, name, platform, plan, now, limit, longest.get(name, 0), staging)
             if isinstance(result, Message):
                 reasons.append(result)

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ecliptic import engine
-from ecliptic.broker import lifecycle
+from ecliptic.broker import kinds, lifecycle, messages
 from ecliptic.broker.data_plan import DataAssessment, assess
 from ecliptic.broker.phases import ComponentPhase, SessionPhase
 from ecliptic.broker.plan import Plan, Rejection
@@ -22,7 +22,7 @@ from ecliptic.broker.schema import ExecutionRequest, Message, PhaseUpdate
 from ecliptic.broker.validate import validate
 from ecliptic.config import Settings
 from ecliptic.isotime import utcnow
-from ecliptic.platforms.base import Platform
+from ecliptic.platforms.base import Platform, RoomLimited
 from ecliptic.staging.estimates import TransferEstimator
 from ecliptic.staging.results import ResultPusher
 from ecliptic.staging.router import DataSources
@@ -183,15 +183,43 @@ class Broker:
             default_duration=self.settings.default_duration,
             file_roots=self.settings.file_data_roots,
         )
-        if isinstance(checked, Rejection) or not checked.data:
+        if isinstance(checked, Rejection):
             return checked, None
-        if self.data_sources is None or self.estimator is None:
+        data: DataAssessment | None = None
+        if checked.data and self.data_sources is not None and self.estimator is not None:
+            data = assess(checked, self.platforms, self.data_sources, self.estimator, now)
+            if data.refusals:
+                return Rejection(data.refusals + data.notes + checked.messages), None
+        data = self._ask_limited_platforms(checked, data)
+        if data is None:
             return checked, None
-        data = assess(checked, self.platforms, self.data_sources, self.estimator, now)
-        if data.refusals:
-            return Rejection(data.refusals + data.notes + checked.messages), None
         checked.messages.extend(data.notes)
         return checked, data
+
+    def _ask_limited_platforms(self, plan: Plan, data: DataAssessment | None) -> DataAssessment | None:
+        """Platforms with a limit of their own (sessions per account) are asked before offers are made."""
+        session_type = "notebook" if plan.executable.kind == kinds.JUPYTER else "headless"
+        for name, platform in self.platforms.items():
+            if not isinstance(platform, RoomLimited) or (data is not None and name in data.unfit):
+                continue
+            if plan.executable.kind not in platform.info.executable_kinds:
+                continue  # the planner says why
+            try:
+                room = platform.has_room(session_type)
+            except Exception as exc:
+                room, reason = False, f"it could not be asked ({exc})"
+            else:
+                reason = "the account has reached its limit of active sessions there"
+            if not room:
+                data = data or DataAssessment()
+                data.unfit[name] = messages.error(
+                    "urn:session-limit",
+                    "Platform {platform} cannot start another {type} session now: {reason}",
+                    platform=name,
+                    type=session_type,
+                    reason=reason,
+                )
+        return data
 
     def _session_for(
         self,

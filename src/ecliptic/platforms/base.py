@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -159,3 +159,11 @@ class Platform(Protocol):
     def logs(self, workdir: Path, handle: dict[str, Any]) -> str:
         """The run's output so far (stdout then stderr, or the platform's combined log), for messages and the UI."""
         ...
+
+
+@runtime_checkable
+class RoomLimited(Protocol):
+    """A platform with a limit of its own besides capacity (Skaha's interactive sessions per account): asked
+    before offers are made, outside any store transaction, so a full account gets a clear NO, not a failure."""
+
+    def has_room(self, session_type: str = "notebook") -> bool: ...
