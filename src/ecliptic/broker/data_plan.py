@@ -18,6 +18,7 @@ from ecliptic.broker.schema import Message
 from ecliptic.platforms.base import Platform
 from ecliptic.staging.download import StagingError
 from ecliptic.staging.estimates import TransferEstimator
+from ecliptic.staging.inflight import InFlight
 from ecliptic.staging.router import DataSources
 from ecliptic.staging.sources import Replica, Resolved
 
@@ -64,6 +65,7 @@ def assess(
     sources: DataSources,
     estimator: TransferEstimator,
     now: datetime,
+    in_flight: InFlight | None = None,
 ) -> DataAssessment:
     result = DataAssessment()
     located: list[tuple[ComponentPlan, Resolved | None]] = []
@@ -129,7 +131,7 @@ def assess(
                     index=index,
                 )
                 break
-            best = _best(platform, found, estimator, now)
+            best = _best(platform, found, estimator, now, in_flight)
             total += best["seconds"]
             data.spec.setdefault("estimates", {})[name] = best
         if problem is not None:
@@ -140,7 +142,11 @@ def assess(
 
 
 def _best(
-    platform: Platform, found: Resolved | None, estimator: TransferEstimator, now: datetime
+    platform: Platform,
+    found: Resolved | None,
+    estimator: TransferEstimator,
+    now: datetime,
+    in_flight: InFlight | None,
 ) -> dict[str, Any]:
     site = platform.info.site
     replicas: list[Replica] = found.replicas if found is not None else []
@@ -150,7 +156,14 @@ def _best(
     best: dict[str, Any] | None = None
     for replica in replicas:
         size = replica.size if replica.size is not None else found.size if found else None
-        estimate = estimator.estimate(replica.source, site, size, now=now, replica_site=replica.site)
+        estimate = estimator.estimate(
+            replica.source,
+            site,
+            size,
+            now=now,
+            replica_site=replica.site,
+            in_flight=in_flight.count(replica.source) if in_flight is not None else 0,
+        )
         if best is None or estimate.seconds < best["seconds"]:
             best = {
                 "source": replica.source,

@@ -324,7 +324,8 @@ class SessionAdvancer:
         started = time.monotonic()
         progress = _ProgressWriter(self.db, component_uuid)
         try:
-            staged, replica = self._fetch(spec, dest_dir, fallback, estimate, progress)
+            with self.broker.in_flight.transfer(str(estimate.get("source") or "unknown")) as transfer:
+                staged, replica = self._fetch(spec, dest_dir, fallback, estimate, progress)
         except StagingError as exc:
             if exc.retryable and self._count_attempt(component_uuid) < MAX_STAGING_ATTEMPTS:
                 raise  # the engine retries with backoff
@@ -349,6 +350,7 @@ class SessionAdvancer:
                 session=session_uuid,
                 component=component_uuid,
                 now=now,
+                in_flight=transfer.others,
             )
         with self.db.write() as session:
             row = lifecycle.locked(session, session_uuid)

@@ -24,6 +24,7 @@ from ecliptic.config import Settings
 from ecliptic.isotime import utcnow
 from ecliptic.platforms.base import Platform, RoomLimited
 from ecliptic.staging.estimates import TransferEstimator
+from ecliptic.staging.inflight import InFlight
 from ecliptic.staging.results import ResultPusher
 from ecliptic.staging.router import DataSources
 from ecliptic.store.bulk import insert_new
@@ -79,6 +80,7 @@ class Broker:
         self.data_sources = data_sources
         self.estimator = estimator
         self.results = results
+        self.in_flight = InFlight()
 
     # -- set-up ----------------------------------------------------------------------------------------------
     def sync_platforms(self) -> None:
@@ -187,7 +189,7 @@ class Broker:
             return checked, None
         data: DataAssessment | None = None
         if checked.data and self.data_sources is not None and self.estimator is not None:
-            data = assess(checked, self.platforms, self.data_sources, self.estimator, now)
+            data = assess(checked, self.platforms, self.data_sources, self.estimator, now, self.in_flight)
             if data.refusals:
                 return Rejection(data.refusals + data.notes + checked.messages), None
         data = self._ask_limited_platforms(checked, data)
