@@ -20,6 +20,7 @@ from tests.broker.requests import accept, command_request
 from tests.broker.waiting import wait_for_phase
 from tests.conftest import LiveServer, make_settings
 from tests.fakes.kubernetes import FakeKubernetes
+from tests.fakes.preparedata import FakeSrcnet
 from tests.fakes.skaha import FakeSkaha
 from tests.platforms.dockerd import Daemon, docker_daemon  # noqa: F401 - a fixture
 from tests.platforms.slurm_cluster import SlurmCluster, running_cluster
@@ -266,3 +267,61 @@ def test_skaha_notebook_headless_cancel_and_session_limit(tmp_path: Path) -> Non
             ):
                 assert time.monotonic() < deadline, "the cancelled notebook still counts against the limit"
                 time.sleep(0.2)
+
+
+def test_skaha_session_gets_skao_data_through_prepare_data_first(tmp_path: Path) -> None:
+    """Seed iteration 3: prepareData stages the data product into the user's home, then the session starts."""
+    payload = b"visibilities " * 5000
+    with FakeSrcnet(tmp_path / "srcnet") as srcnet, FakeSkaha().serve() as skaha:
+        stored = srcnet.add_file("daac", "obs-1.fits", payload, elsewhere=["FAR-SRC-RSE"])
+        platforms = {
+            "canfar": {
+                "type": "skaha",
+                "url": skaha.url,
+                "token": "test-token",
+                "cores": 16,
+                "memory_gib": 64,
+            }
+        }
+        preparedata = {
+            "gatekeeper_url": srcnet.url,
+            "token": "alice-token",
+            "home": str(srcnet.home()),
+            "local_home": str(srcnet.home()),
+            "dm_url": srcnet.dm_url,
+            "dm_token": "dm-token",
+            "poll_interval": 0.05,
+            "max_poll_interval": 0.2,
+            "timeout": 30,
+        }
+        body = _container_request(
+            "md5sum",
+            "obs-1.fits",
+            image="images.canfar.net/skaha/terminal:1.1.1",
+            data=[
+                {
+                    "kind": kinds.DATA_SKAO,
+                    "meta": {"name": "obs"},
+                    "skao": {"namespace": "daac", "objectname": "obs-1.fits"},
+                }
+            ],
+        )
+        with (
+            _server(tmp_path, platforms, preparedata=preparedata) as live,
+            httpx.Client(base_url=live.url, timeout=30) as http,
+        ):
+            done = _run(http, body)
+            assert done["phase"] == "COMPLETED", done["meta"]["messages"]
+            staging = done["data"][0]["staging"]
+            assert staging["source"] == f"rse:{srcnet.SITE}"
+            copies = list(srcnet.home().rglob("obs-1.fits"))
+            assert len(copies) == 1 and copies[0].read_bytes() == payload
+            assert staging["size"] == len(payload) and stored.did == "daac:obs-1.fits"
+            history = http.get(f"sessions/{done['meta']['uuid']}/history").json()["history"]
+            data_ready = next(
+                i for i, h in enumerate(history) if h["component"] == "data" and h["to"] == "AVAILABLE"
+            )
+            compute_started = next(
+                i for i, h in enumerate(history) if h["component"] == "compute" and h["to"] == "PREPARING"
+            )
+            assert data_ready < compute_started
