@@ -21,7 +21,7 @@ from tests.broker.waiting import wait_for_phase
 from tests.conftest import LiveServer, make_settings
 from tests.fakes.kubernetes import FakeKubernetes
 from tests.fakes.preparedata import FakeSrcnet
-from tests.fakes.skaha import FakeSkaha
+from tests.fakes.skaha import FakeSkaha, Outcome
 from tests.platforms.dockerd import Daemon, docker_daemon  # noqa: F401 - a fixture
 from tests.platforms.slurm_cluster import SlurmCluster, running_cluster
 
@@ -238,6 +238,14 @@ def test_skaha_notebook_headless_cancel_and_session_limit(tmp_path: Path) -> Non
                 http, _container_request("echo", "hello", image="images.canfar.net/skaha/terminal:1.1.1")
             )
             assert headless["phase"] == "COMPLETED", headless["meta"]["messages"]
+
+            broken = "images.canfar.net/skaha/broken:1"
+            fake.script_image(
+                broken, Outcome(status="Failed", logs="segfault\n", events=(("Warning", "OOMKilled", "oom"),))
+            )
+            failed = _run(http, _container_request("run", image=broken))
+            assert failed["phase"] == "FAILED"
+            assert "OOMKilled" in failed["meta"]["messages"][-1]["message"]
 
             notebook = _offer(http, {"executable": {"kind": kinds.JUPYTER}})
             uuid = notebook["meta"]["uuid"]
