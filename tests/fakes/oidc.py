@@ -85,6 +85,11 @@ class FakeOidc:
         with self._lock:
             self._failures.extend([status] * count)
 
+    def recover(self) -> None:
+        """Answer grants again, whatever failures were still queued."""
+        with self._lock:
+            self._failures.clear()
+
     def valid(self, token: str) -> bool:
         with self._lock:
             issued = self._issued.get(token)

@@ -144,12 +144,14 @@ def test_a_failing_refresh_endpoint_is_retried(oidc: FakeOidc, caplog: pytest.Lo
 
 
 def test_first_call_raises_when_the_endpoint_is_down(oidc: FakeOidc) -> None:
-    oidc.fail_next(1, status=503)
+    # Down for as long as the test says: the background thread may try first, the caller must still fail.
+    oidc.fail_next(10_000, status=503)
     source = refreshing(oidc)
     try:
         with pytest.raises(TokenError, match="503") as excinfo:
             source.bearer()
         assert excinfo.value.retryable
+        oidc.recover()
         # The background thread keeps trying, so the next caller gets a token.
         until = time.monotonic() + 3
         while oidc.grants == 0 and time.monotonic() < until:
