@@ -292,6 +292,8 @@ class _Summary:
     fit: tuple[float, float] | None
     recent: tuple[_Recent, ...]
     """The newest transfers, oldest first."""
+    observed: tuple[tuple[float, float, float, int], ...] = ()
+    """The newest transfers as ``(finished epoch s, bytes, seconds, others in flight)``, newest first."""
 
 
 _HISTORY_READ = (
@@ -306,6 +308,8 @@ _HISTORY_READ = (
 )
 """The newest successful transfers of one pair: a backward range scan of (source, site, finished_at)."""
 
+_RATIO_SAMPLES = 5
+"""Recent transfers whose median ratio to the model corrects a dynamic estimate."""
 _RECENT_KEPT = 32
 """Enough for any weighted average: at the default weight the 32nd transfer back counts for 1e-10."""
 _MAX_CACHED = 10_000
@@ -420,6 +424,20 @@ class TransferEstimator:
         latency, slowness = summary.fit
         basis: Basis = "history"
         cutoff = now.timestamp() - self.recent_window
+        corrected = self._recent_correction(summary, latency, slowness, cutoff)
+        if corrected is not None:
+            seconds = (latency + nbytes * share * slowness) * corrected
+            moving = max(seconds - latency, 1e-9)
+            return Estimate(
+                seconds,
+                "dynamic",
+                nbytes / moving if nbytes else 1.0 / (slowness * share),
+                latency,
+                nbytes,
+                samples=summary.samples,
+                recent=_RATIO_SAMPLES,
+                in_flight=in_flight,
+            )
         recent = 0
         for sample in summary.recent:
             if sample.at >= cutoff and sample.weight > 0:
@@ -439,6 +457,26 @@ class TransferEstimator:
             recent=recent,
             in_flight=in_flight,
         )
+
+    @staticmethod
+    def _recent_correction(summary: _Summary, latency: float, slowness: float, cutoff: float) -> float | None:
+        """How much slower (or faster) than the fitted model the last few transfers were, when enough are recent.
+
+        The model explains a source's history; what it cannot see is what the source and this broker are going
+        through now (a burst of sessions, a busy disk, a link shared with others). The median ratio of actual
+        to modelled time over the last few transfers carries that over, and a median of five turns within
+        three transfers when the source changes, without following a single outlier.
+        """
+        ratios = []
+        for at, nbytes, seconds, company in summary.observed[:_RATIO_SAMPLES]:
+            if at < cutoff:
+                break
+            model = latency + nbytes * (1 + company) * slowness
+            if model > 0:
+                ratios.append(seconds / model)
+        if len(ratios) < _RATIO_SAMPLES:
+            return None
+        return statistics.median(ratios)
 
     def estimate_replica(
         self,
@@ -519,7 +557,11 @@ class TransferEstimator:
                 if shared > 0 and moving > 0:
                     recent.append(_Recent(row.finished_at.timestamp(), moving / shared, moving / seconds))
             recent.reverse()
-        return _Summary(loaded, generation, len(rows), fit, tuple(recent))
+        observed = tuple(
+            (finished.timestamp(), float(nbytes), float(seconds), int(company or 0))
+            for nbytes, seconds, finished, company in rows[:_RATIO_SAMPLES]
+        )
+        return _Summary(loaded, generation, len(rows), fit, tuple(recent), observed)
 
     # -- recording ---------------------------------------------------------------------------------------
 
