@@ -206,6 +206,27 @@ class SettingsError(Exception):
     """Settings that cannot be used, with which variable or file key is wrong and how."""
 
 
+def locate_setting(toml_file: Path, dotted: str) -> int | None:
+    """The line of ``ecliptic.toml`` that sets ``platforms.hpc.cores`` (say), so an error can point at it."""
+    try:
+        lines = toml_file.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    parts = dotted.split(".")
+    table: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if text.startswith("[") and not text.startswith("[["):
+            table = [part.strip().strip('"') for part in text.strip("[]").split(".")]
+            if table == parts:
+                return number
+            continue
+        key = text.split("=", 1)[0].strip().strip('"') if "=" in text else None
+        if key is not None and [*table, *key.split(".")] == parts:
+            return number
+    return None
+
+
 def load_settings() -> Settings:
     """Settings from the environment and ``ecliptic.toml``; :class:`SettingsError` names what is wrong."""
     toml_file = os.environ.get("ECLIPTIC_CONFIG", "ecliptic.toml")

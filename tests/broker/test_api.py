@@ -98,6 +98,24 @@ def test_unparsable_bodies_are_400(
         ),
         (command_request("true", data=[{"location": 42}]), ["data", 0, "location"]),
         (command_request("true", storage="lots"), ["storage"]),
+        ({"executable": {"kind": kinds.DOCKER, "command": ["true"]}}, ["executable", "image"]),
+        (
+            {"executable": {"kind": kinds.DOCKER, "image": {"locations": ["a b"]}}},
+            ["executable", "image", "locations", 0],
+        ),
+        (
+            {"executable": {"kind": kinds.DOCKER, "image": {"locations": ["x"], "digest": "sha256:nothex"}}},
+            ["executable", "image", "digest"],
+        ),
+        (
+            command_request("true", data=[{"kind": kinds.DATA_RUCIO, "rucio": {"object": "o"}}]),
+            ["data", 0, "rucio", "scope"],
+        ),
+        (
+            command_request("true", data=[{"kind": kinds.DATA_S3, "endpoint": "http://s3"}]),
+            ["data", 0, "bucket"],
+        ),
+        (command_request("true", storage=[{"destination": "ftp://x/y"}]), ["storage", 0, "destination"]),
     ],
 )
 def test_malformed_requests_name_the_field(http: httpx.Client, body: dict, loc: list) -> None:
@@ -125,7 +143,9 @@ def test_malformed_requests_name_the_field(http: httpx.Client, body: dict, loc: 
         ),
         ({"executable": {"kind": "urn:made-up"}}, "uri:unknown-type", "urn:made-up"),
         (
-            command_request("true", data=[{"kind": kinds.DATA_RUCIO, "rucio": {"scope": "s", "object": "o"}}]),
+            command_request(
+                "true", data=[{"kind": kinds.DATA_RUCIO, "rucio": {"scope": "s", "object": "o"}}]
+            ),
             "urn:not-supported",
             "rucio",
         ),

@@ -43,3 +43,27 @@ def test_good_settings_from_the_file(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["migrate"])
     assert result.exit_code == 0, result.output
     assert "up to date" in result.output
+
+
+@pytest.mark.parametrize(
+    ("toml", "words"),
+    [
+        (
+            '# platforms\n[platforms.hpc]\ntype = "slurm"\nmemroy_gib = 8\n',
+            ["ecliptic.toml:4:", "platforms.hpc.memroy_gib", "did you mean 'memory_gib'?"],
+        ),
+        ('[platforms.hpc]\ntype = "slrum"\n', ["ecliptic.toml:2:", "'slrum' is not a platform type", "slurm"]),
+        ('[platforms.k8s]\ntype = "kubernetes"\ncores = 0\n', ["ecliptic.toml:3:", "platforms.k8s.cores"]),
+        ('[rucio]\nurl = "http://127.0.0.1:1"\naccount = "a"\n', ["[rucio]", "username and password"]),
+        ('[transfer_rates]\n"rse:FAR" = { rate = "20 MB" }\n', ["transfer_rates", 'add "/s"']),
+    ],
+)
+def test_bad_platform_and_source_tables_name_the_line_and_the_fix(
+    tmp_path: Path, toml: str, words: list[str]
+) -> None:
+    (tmp_path / "ecliptic.toml").write_text(toml)
+    result = CliRunner().invoke(app, ["serve", "--port", "1"])
+    assert result.exit_code == 2, result.output
+    for word in words:
+        assert word in result.output
+    assert "Traceback" not in result.output

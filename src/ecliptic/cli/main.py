@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
 import typer
 
 from ecliptic import __version__
 from ecliptic.cli import client, mesh, schedule
-from ecliptic.config import Settings, SettingsError, get_settings
+from ecliptic.config import Settings, SettingsError, get_settings, locate_setting
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="ecliptic",
@@ -55,6 +61,19 @@ def _settings() -> Settings:
         raise typer.Exit(2) from exc
 
 
+def _assembled(build: Callable[[], T]) -> T:
+    """Platforms and data sources are checked when the service is put together: one located line each."""
+    try:
+        return build()
+    except SettingsError as exc:
+        toml_file = Path(os.environ.get("ECLIPTIC_CONFIG", "ecliptic.toml"))
+        first = str(exc).split(":", 1)[0].strip("[] ").split(" ", 1)[0]
+        line = locate_setting(toml_file, first) if toml_file.is_file() else None
+        where = f"{toml_file}:{line}: " if line else (f"{toml_file}: " if toml_file.is_file() else "")
+        typer.secho(f"error: {where}{exc}", err=True, fg="red")
+        raise typer.Exit(2) from exc
+
+
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
@@ -66,7 +85,8 @@ def serve(
 
     from ecliptic.app import create_app
 
-    application = create_app(_settings(), run_workers=workers)
+    settings_ = _settings()
+    application = _assembled(lambda: create_app(settings_, run_workers=workers))
     settings = application.state.services.settings
     if settings.broker_url is None:
         # Broker-request jobs of this process's scheduler go to this very service.
@@ -107,7 +127,8 @@ def worker() -> None:
     """Run engine workers and a scheduler instance, no HTTP (scale out: several on one PostgreSQL)."""
     from ecliptic.app import build_services
 
-    services = build_services(_settings())
+    settings_ = _settings()
+    services = _assembled(lambda: build_services(settings_))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

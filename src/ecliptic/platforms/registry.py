@@ -3,6 +3,7 @@ used, so a broker without Docker or Kubernetes needs neither SDK installed."""
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Mapping
 from typing import Any
@@ -44,11 +45,17 @@ def build_platform(name: str, raw: Mapping[str, Any]) -> Platform:
     try:
         config = config_class.model_validate(dict(raw))
     except ValidationError as exc:
-        problems = "; ".join(
-            f"platforms.{name}.{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-            for error in exc.errors(include_url=False)
-        )
-        raise PlatformConfigError(problems) from exc
+        problems = []
+        for error in exc.errors(include_url=False):
+            where = ".".join(str(part) for part in error["loc"])
+            message = f"platforms.{name}.{where}: {error['msg']}"
+            if error["type"] == "extra_forbidden":
+                close = difflib.get_close_matches(str(error["loc"][-1]), list(config_class.model_fields), n=1)
+                message = f"platforms.{name}.{where}: not a setting of {kind} platforms" + (
+                    f"; did you mean '{close[0]}'?" if close else ""
+                )
+            problems.append(message)
+        raise PlatformConfigError("; ".join(problems)) from exc
     try:
         platform: Platform = module.build(name, config)
     except ImportError as exc:

@@ -94,7 +94,7 @@ def _truncate(name: str) -> str:
 # -- hashing -------------------------------------------------------------------------------------------------
 
 
-class _Hashes:
+class Hashes:
     """The sha256 always recorded, plus the caller's checksum when one was asked for."""
 
     def __init__(self, checksum: tuple[str, str] | None) -> None:
@@ -140,7 +140,7 @@ def _normalise_checksum(checksum: tuple[str, str]) -> tuple[str, str]:
     return candidate, digest
 
 
-def _hash_file(path: Path, hashes: _Hashes) -> None:
+def _hash_file(path: Path, hashes: Hashes) -> None:
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
             hashes.update(chunk)
@@ -171,7 +171,7 @@ def stage(
 
     If ``dest`` already exists and matches ``checksum`` (or no checksum is given) it is returned as it is.
     """
-    hashes = _Hashes(checksum)
+    hashes = Hashes(checksum)
     try:
         parts = urlsplit(url)
     except ValueError as exc:
@@ -179,7 +179,7 @@ def stage(
     scheme = parts.scheme.lower()
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with _exclusive(dest):
+        with exclusive(dest):
             return _stage_locked(
                 url, parts.scheme, scheme, dest, hashes, checksum, timeout, progress, base_dir_for_file_urls
             )
@@ -188,7 +188,7 @@ def stage(
 
 
 @contextlib.contextmanager
-def _exclusive(dest: Path) -> Iterator[None]:
+def exclusive(dest: Path) -> Iterator[None]:
     """One stager per destination, across threads and processes: a second waits, then finds the file whole.
 
     Two can meet when a lease lapsed on a busy machine and another worker took the same step over.
@@ -220,14 +220,14 @@ def _stage_locked(
     raw_scheme: str,
     scheme: str,
     dest: Path,
-    hashes: _Hashes,
+    hashes: Hashes,
     checksum: tuple[str, str] | None,
     timeout: float,
     progress: Progress | None,
     base_dir_for_file_urls: Path | None,
 ) -> StagedFile:
     if dest.is_file():
-        existing = _Hashes(checksum)
+        existing = Hashes(checksum)
         _hash_file(dest, existing)
         if existing.matches():
             return _result(dest, existing)
@@ -245,7 +245,7 @@ def _stage_locked(
     return _result(dest, hashes)
 
 
-def _result(path: Path, hashes: _Hashes) -> StagedFile:
+def _result(path: Path, hashes: Hashes) -> StagedFile:
     return StagedFile(
         path=path,
         size=hashes.size,
@@ -255,15 +255,15 @@ def _result(path: Path, hashes: _Hashes) -> StagedFile:
     )
 
 
-def _part_paths(dest: Path) -> tuple[Path, Path]:
+def part_paths(dest: Path) -> tuple[Path, Path]:
     part = dest.with_name(dest.name + ".part")
     return part, dest.with_name(dest.name + ".part.meta")
 
 
-def _complete(part: Path, meta: Path, dest: Path, hashes: _Hashes, url: str) -> None:
+def complete_part(part: Path, meta: Path, dest: Path, hashes: Hashes, url: str) -> None:
     """Verify, then move the finished ``.part`` into place durably."""
     if not hashes.matches():
-        _discard(part, meta)
+        discard_part(part, meta)
         raise StagingError(
             f"checksum mismatch for {url}: expected {hashes.algorithm} {hashes.expected}, "
             f"got {hashes.actual()}"
@@ -276,13 +276,13 @@ def _complete(part: Path, meta: Path, dest: Path, hashes: _Hashes, url: str) -> 
     _fsync_dir(dest.parent)
 
 
-def _open_part(part: Path, *, append: bool) -> IO[bytes]:
+def open_part(part: Path, *, append: bool) -> IO[bytes]:
     # O_NOFOLLOW: a symlink planted under the .part name must not redirect the write elsewhere.
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC) | getattr(os, "O_NOFOLLOW", 0)
     return os.fdopen(os.open(part, flags, 0o644), "ab" if append else "wb")
 
 
-def _discard(part: Path, meta: Path) -> None:
+def discard_part(part: Path, meta: Path) -> None:
     for path in (part, meta):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -322,8 +322,8 @@ def _file_url_path(url: str, base: Path | None) -> Path:
     return resolved
 
 
-def _copy_file(source: Path, dest: Path, hashes: _Hashes, *, progress: Progress | None) -> None:
-    part, meta = _part_paths(dest)
+def _copy_file(source: Path, dest: Path, hashes: Hashes, *, progress: Progress | None) -> None:
+    part, meta = part_paths(dest)
     url = source.as_uri() if source.is_absolute() else str(source)
     try:
         src = open(source, "rb")  # noqa: SIM115 - closed below, after errors are classified
@@ -338,9 +338,9 @@ def _copy_file(source: Path, dest: Path, hashes: _Hashes, *, progress: Progress 
         if not stat.S_ISREG(info.st_mode):
             raise StagingError(f"cannot stage {url}: not a regular file")
         total = info.st_size
-        with _open_part(part, append=False) as out:
+        with open_part(part, append=False) as out:
             _pump(_read_chunks(src), out, hashes, total, progress)
-    _complete(part, meta, dest, hashes, url)
+    complete_part(part, meta, dest, hashes, url)
 
 
 def _read_chunks(src: IO[bytes]) -> Iterator[bytes]:
@@ -349,7 +349,7 @@ def _read_chunks(src: IO[bytes]) -> Iterator[bytes]:
 
 
 def _pump(
-    chunks: Iterator[bytes], out: IO[bytes], hashes: _Hashes, total: int | None, progress: Progress | None
+    chunks: Iterator[bytes], out: IO[bytes], hashes: Hashes, total: int | None, progress: Progress | None
 ) -> None:
     if progress is not None:
         progress(hashes.size, total)
@@ -368,8 +368,8 @@ _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECA
 _UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
 
 
-def _fetch_http(url: str, dest: Path, hashes: _Hashes, *, timeout: float, progress: Progress | None) -> None:
-    part, meta = _part_paths(dest)
+def _fetch_http(url: str, dest: Path, hashes: Hashes, *, timeout: float, progress: Progress | None) -> None:
+    part, meta = part_paths(dest)
     offset, validator = _resumable(part, meta, url)
     total: int | None = None
     try:
@@ -393,7 +393,7 @@ def _fetch_http(url: str, dest: Path, hashes: _Hashes, *, timeout: float, progre
                         break
                     if offset and response.status_code in (206, 416) and not _continues(response, offset):
                         # A range that does not continue the .part: start over without one.
-                        _discard(part, meta)
+                        discard_part(part, meta)
                         offset, validator = 0, None
                         continue
                     _check_status(url, response)
@@ -403,7 +403,7 @@ def _fetch_http(url: str, dest: Path, hashes: _Hashes, *, timeout: float, progre
                     else:
                         _write_meta(meta, url, response)
                     total = _expected_total(response, offset if append else 0)
-                    with _open_part(part, append=append) as out:
+                    with open_part(part, append=append) as out:
                         _pump(response.iter_bytes(CHUNK), out, hashes, total, progress)
                     break
     except httpx.TimeoutException as exc:
@@ -415,9 +415,9 @@ def _fetch_http(url: str, dest: Path, hashes: _Hashes, *, timeout: float, progre
         raise StagingError(f"cannot fetch {url}: {exc or type(exc).__name__}", retryable=True) from exc
     if total is not None and hashes.size != total:
         if hashes.size > total:
-            _discard(part, meta)
+            discard_part(part, meta)
         raise StagingError(f"download of {url} ended after {hashes.size} of {total} bytes", retryable=True)
-    _complete(part, meta, dest, hashes, url)
+    complete_part(part, meta, dest, hashes, url)
 
 
 def _check_status(url: str, response: httpx.Response) -> None:

@@ -29,8 +29,8 @@ from ecliptic.staging.download import (
     Progress,
     StagedFile,
     StagingError,
-    _exclusive,
     _fsync_dir,
+    exclusive,
     filename_for,
     stage,
 )
@@ -147,7 +147,7 @@ def stage_tree(
     parts = final.with_name(final.name + ".parts")
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        with _exclusive(final):
+        with exclusive(final):
             return _assemble(final, work, parts, files, directories, progress)
     except OSError as exc:
         raise StagingError(f"cannot assemble {final}: {exc}") from exc

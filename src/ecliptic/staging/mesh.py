@@ -28,16 +28,16 @@ from ecliptic.mesh.client import MeshClient, normalize
 from ecliptic.mesh.entries import Entry
 from ecliptic.mesh.wire import MeshError, ProtocolError
 from ecliptic.staging.download import (
+    Hashes,
     Progress,
     StagedFile,
     StagingError,
-    _complete,
-    _discard,
-    _exclusive,
-    _Hashes,
-    _open_part,
-    _part_paths,
+    complete_part,
+    discard_part,
+    exclusive,
     filename_for,
+    open_part,
+    part_paths,
 )
 from ecliptic.staging.http import FetchInto, TreeFile, checksum_of, relative_path, stage_tree
 from ecliptic.staging.sources import Replica, Resolved
@@ -110,8 +110,8 @@ class MeshSource:
             dest_dir.mkdir(parents=True, exist_ok=True)
             try:
                 if entry.kind == "file":
-                    part, meta = _part_paths(dest)
-                    with _exclusive(dest):
+                    part, meta = part_paths(dest)
+                    with exclusive(dest):
                         return _fetch_file(client, url, entry, dest, part, meta, checksum, progress)
                 if checksum is not None:
                     raise StagingError(f"{url} is a directory: a checksum can only be verified for a file")
@@ -257,10 +257,10 @@ def _fetch_file(
     checksum: tuple[str, str] | None,
     progress: Progress | None,
 ) -> StagedFile:
-    existing = _Hashes(checksum)
+    existing = Hashes(checksum)
     if dest.is_file() and not dest.is_symlink() and _intact(dest, entry, existing) and existing.matches():
         return _staged(dest, existing)
-    hashes = _Hashes(checksum)
+    hashes = Hashes(checksum)
     key = {"url": url, "manifest": _manifest_key(entry)}
     start = _resume(part, meta, key, entry, hashes)
     if start == 0:
@@ -268,7 +268,7 @@ def _fetch_file(
     digests = [digest for digest, _ in entry.blocks]
     if progress is not None:
         progress(hashes.size, entry.size)
-    with _open_part(part, append=start > 0) as out:
+    with open_part(part, append=start > 0) as out:
         for index in range(start, len(entry.blocks)):
             digest, length = entry.blocks[index]
             ahead = [d for d in digests[index + 1 : index + 1 + _AHEAD] if d != HOLE]
@@ -280,7 +280,7 @@ def _fetch_file(
             try:
                 _check_block(url, digest, data)
             except StagingError:
-                _discard(part, meta)
+                discard_part(part, meta)
                 raise
             out.write(data)
             hashes.update(data)
@@ -288,20 +288,20 @@ def _fetch_file(
                 progress(hashes.size, entry.size)
         out.flush()
     if hashes.size != entry.size:
-        _discard(part, meta)
+        discard_part(part, meta)
         raise StagingError(f"{url}: read {hashes.size} bytes, the file has {entry.size}", retryable=True)
-    _complete(part, meta, dest, hashes, url)
+    complete_part(part, meta, dest, hashes, url)
     return _staged(dest, hashes)
 
 
-def _resume(part: Path, meta: Path, key: dict[str, str], entry: Entry, hashes: _Hashes) -> int:
+def _resume(part: Path, meta: Path, key: dict[str, str], entry: Entry, hashes: Hashes) -> int:
     """The index of the first block still to fetch, after keeping the intact blocks of the ``.part``."""
     try:
         recorded = json.loads(meta.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         recorded = None
     if recorded != key or not part.is_file() or part.is_symlink():
-        _discard(part, meta)
+        discard_part(part, meta)
         return 0
     kept = index = 0
     with open(part, "rb") as handle:
@@ -322,7 +322,7 @@ def _block_ok(digest: str, data: bytes) -> bool:
     return hash_bytes(data) == digest
 
 
-def _intact(path: Path, entry: Entry, hashes: _Hashes | None = None) -> bool:
+def _intact(path: Path, entry: Entry, hashes: Hashes | None = None) -> bool:
     """Whether the local file has exactly the entry's blocks (hashing it into ``hashes`` on the way)."""
     try:
         if path.stat().st_size != entry.size:
@@ -339,7 +339,7 @@ def _intact(path: Path, entry: Entry, hashes: _Hashes | None = None) -> bool:
     return True
 
 
-def _staged(path: Path, hashes: _Hashes) -> StagedFile:
+def _staged(path: Path, hashes: Hashes) -> StagedFile:
     return StagedFile(
         path=path,
         size=hashes.size,

@@ -34,16 +34,16 @@ from urllib.parse import quote, urlsplit
 from ecliptic.broker.kinds import DATA_S3
 from ecliptic.staging.download import (
     CHUNK,
+    Hashes,
     Progress,
     StagedFile,
     StagingError,
-    _complete,
-    _discard,
-    _exclusive,
-    _Hashes,
-    _open_part,
-    _part_paths,
+    complete_part,
+    discard_part,
+    exclusive,
     filename_for,
+    open_part,
+    part_paths,
 )
 from ecliptic.staging.http import FetchInto, TreeFile, checksum_of, host_port, relative_path, stage_tree
 from ecliptic.staging.sources import Replica, Resolved
@@ -328,8 +328,8 @@ class S3Source:
         try:
             if isinstance(found, _Object):
                 dest = dest_dir / filename_for(found.key, "object")
-                part, meta = _part_paths(dest)
-                with _exclusive(dest):
+                part, meta = part_paths(dest)
+                with exclusive(dest):
                     return self._download(client, target, found, dest, part, meta, checksum, progress)
             if checksum is not None:
                 raise StagingError(
@@ -440,12 +440,12 @@ class S3Source:
         what = target.describe(item.key)
         part_length = self._part_length(client, target, item)
         if dest.is_file() and not dest.is_symlink() and dest.stat().st_size == item.size:
-            existing = _Hashes(checksum)
+            existing = Hashes(checksum)
             check = _EtagCheck(item, part_length)
             _feed(dest, existing, check)
             if existing.matches() and check.mismatch() is None:
                 return _staged(dest, existing)
-        hashes = _Hashes(checksum)
+        hashes = Hashes(checksum)
         check = _EtagCheck(item, part_length)
         identity = {"object": target.url(item.key), "etag": item.etag, "size": item.size}
         offset = _resumable(part, meta, identity, item.size)
@@ -455,7 +455,7 @@ class S3Source:
             meta.write_text(json.dumps(identity), encoding="utf-8")
         if progress is not None:
             progress(offset, item.size)
-        with _open_part(part, append=offset > 0) as out:
+        with open_part(part, append=offset > 0) as out:
             while offset < item.size:
                 end = min(offset + self.config.part_size, item.size) - 1
                 offset = self._range(
@@ -464,9 +464,9 @@ class S3Source:
             out.flush()
         mismatch = check.mismatch()
         if mismatch is not None:
-            _discard(part, meta)
+            discard_part(part, meta)
             raise StagingError(f"{what}: {mismatch}")
-        _complete(part, meta, dest, hashes, what)
+        complete_part(part, meta, dest, hashes, what)
         return _staged(dest, hashes)
 
     def _range(
@@ -477,7 +477,7 @@ class S3Source:
         start: int,
         end: int,
         out: Any,
-        hashes: _Hashes,
+        hashes: Hashes,
         check: _EtagCheck,
         progress: Progress | None,
         part: Path,
@@ -501,7 +501,7 @@ class S3Source:
             out.flush()
             code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
             if code in ("PreconditionFailed", "412"):
-                _discard(part, meta)
+                discard_part(part, meta)
                 raise StagingError(f"{what} changed while it was being staged", retryable=True) from exc
             raise s3_error(exc, what) from exc
         if position != end + 1:
@@ -526,19 +526,19 @@ def _resumable(part: Path, meta: Path, identity: dict[str, Any], size: int) -> i
     except (OSError, ValueError):
         recorded, length = None, 0
     if recorded != identity or part.is_symlink() or length > size:
-        _discard(part, meta)
+        discard_part(part, meta)
         return 0
     return length
 
 
-def _feed(path: Path, hashes: _Hashes, check: _EtagCheck) -> None:
+def _feed(path: Path, hashes: Hashes, check: _EtagCheck) -> None:
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
             hashes.update(chunk)
             check.update(chunk)
 
 
-def _staged(path: Path, hashes: _Hashes) -> StagedFile:
+def _staged(path: Path, hashes: Hashes) -> StagedFile:
     return StagedFile(
         path=path,
         size=hashes.size,
