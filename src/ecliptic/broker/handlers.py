@@ -418,8 +418,8 @@ class SessionAdvancer:
             component = session.get(ComponentRow, component_uuid)
             if component is None:
                 return MAX_STAGING_ATTEMPTS
-            attempts = int(component.state.get("staging_attempts", 0)) + 1
-            component.state = {**component.state, "staging_attempts": attempts}
+            attempts = int(component.state.get("attempts", 0)) + 1
+            component.state = {**component.state, "attempts": attempts}
             return attempts
 
     def _launch(self, session_uuid: str, platform: Platform, spec: LaunchSpec) -> Step:
@@ -560,12 +560,27 @@ class SessionAdvancer:
         return None
 
     def _free(self, session_uuid: str, platform: Platform, handle: dict[str, Any]) -> Step:
-        platform.stop(self.broker.workdir(session_uuid), handle, "released")
+        note = None
+        try:
+            platform.stop(self.broker.workdir(session_uuid), handle, "released")
+        except Exception as exc:
+            if self._count_attempt(self._compute_uuid(session_uuid)) < MAX_LAUNCH_ATTEMPTS:
+                raise  # the engine retries with backoff
+            # The work is over and its results are saved: a platform that will not say it removed the run
+            # must not hold the session's capacity for ever.
+            note = f"platform {platform.info.name} did not confirm removing the run: {exc}"
         with self.db.write() as session:
             row = lifecycle.locked(session, session_uuid)
             compute = self._component(row, "compute") if row is not None else None
-            if compute is not None:
+            if row is not None and compute is not None:
                 compute.state = {**compute.state, "freed": True}
+                if note is not None:
+                    row.messages = [
+                        *row.messages,
+                        messages.make(
+                            "urn:ecliptic:release-unconfirmed", "WARN", "{note}", note=note
+                        ).model_dump(mode="json"),
+                    ]
         return None
 
     # -- ending ----------------------------------------------------------------------------------------------
