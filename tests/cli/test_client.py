@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -219,6 +222,27 @@ def test_direct_watch_completes(server: LiveServer, tmp_path: Path) -> None:
         run(server.url, "direct", write(tmp_path, "hello.yaml", HELLO), "--watch", "--json", *WATCH).stdout
     )
     assert ended["phase"] == "COMPLETED"
+
+
+def test_show_says_where_data_came_from_and_how_long_it_took(server: LiveServer, tmp_path: Path) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "table.csv").write_text("a,b\n1,2\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        port = httpd.server_address[1]
+        request = HELLO + f"data:\n  - location: http://127.0.0.1:{port}/table.csv\n"
+        result = run(server.url, "direct", write(tmp_path, "data.yaml", request), "--watch", "--json", *WATCH)
+        ended = json.loads(result.stdout)
+        assert ended["phase"] == "COMPLETED", result.output
+        shown = run(server.url, "show", ended["meta"]["uuid"])
+        assert shown.exit_code == 0, shown.output
+        assert f"from http:127.0.0.1:{port}" in shown.output
+        assert "took" in shown.output and "estimated" in shown.output
+    finally:
+        httpd.shutdown()
 
 
 def test_direct_that_cannot_run_fails_with_messages(server: LiveServer, tmp_path: Path) -> None:

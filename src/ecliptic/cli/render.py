@@ -293,11 +293,33 @@ def _component_summary(role: str, item: Json) -> Text:
         details.append(f"{minmax(item.get('size'))} GiB")
     if role == "data" and item.get("location"):
         details.append(str(item["location"]))
+    staging = item.get("staging")
+    if role == "data" and isinstance(staging, Mapping):
+        details.append(staging_summary(staging))
+    if role == "storage" and item.get("destination"):
+        details.append(f"results to {item['destination']}")
     if details:
         text.append(": " + "; ".join(details))
     text.append("  ")
     text.append_text(phase_text(item.get("phase")))
     return text
+
+
+def staging_summary(staging: Mapping[str, Any]) -> str:
+    """Where a data resource comes from, how far it is, and how long it took against the estimate."""
+    parts = [f"from {staging['source']}"] if staging.get("source") else []
+    progress = staging.get("progress")
+    if staging.get("staging_seconds") is None and isinstance(progress, Mapping) and progress.get("total"):
+        parts.append(f"{100 * int(progress.get('done') or 0) // int(progress['total'])} %")
+    estimated = staging.get("estimated_seconds")
+    if staging.get("staging_seconds") is not None:
+        took = f"took {float(staging['staging_seconds']):.1f} s"
+        if estimated is not None:
+            took += f" (estimated {float(estimated):.1f} s, {staging.get('estimate_basis') or 'guess'})"
+        parts.append(took)
+    elif estimated is not None:
+        parts.append(f"estimated {float(estimated):.1f} s ({staging.get('estimate_basis') or 'guess'})")
+    return ", ".join(parts)
 
 
 def session_panel(session: Json) -> Panel:
@@ -321,6 +343,9 @@ def session_panel(session: Json) -> Panel:
                 grid.add_row(stage, f"{instant(part.get('start'))} for {duration(part.get('duration'))}")
     for role, item in components(session):
         grid.add_row(role, _component_summary(role, item))
+    for connector in session.get("connectors") or []:
+        if isinstance(connector, Mapping):
+            grid.add_row("connect", f"{connector.get('location')}  ({short_kind(connector.get('kind'))})")
     options = meta.get("options")
     if isinstance(options, list):
         allowed = [
@@ -347,6 +372,9 @@ def watch_status(session: Json, elapsed: float) -> Spinner:
     for role, item in components(session):
         text.append(f"  {role} ", style="dim")
         text.append_text(phase_text(item.get("phase")))
+        progress = (item.get("staging") or {}).get("progress") if role == "data" else None
+        if item.get("phase") == "PREPARING" and isinstance(progress, Mapping) and progress.get("total"):
+            text.append(f" {100 * int(progress.get('done') or 0) // int(progress['total'])} %", style="dim")
     text.append(f"  {span(timedelta(seconds=elapsed))}", style="dim")
     return Spinner("dots", text=text)
 
