@@ -170,6 +170,7 @@ def _best(
                 "url": replica.url,
                 "seconds": estimate.seconds,
                 "basis": estimate.basis,
+                "in_flight": estimate.in_flight,
                 "size": size,
             }
     assert best is not None

@@ -309,7 +309,8 @@ _HISTORY_READ = (
 """The newest successful transfers of one pair: a backward range scan of (source, site, finished_at)."""
 
 _RATIO_SAMPLES = 5
-"""Recent transfers whose median ratio to the model corrects a dynamic estimate."""
+"""Recent transfers of about the same size whose median ratio to the model corrects a dynamic estimate."""
+_RATIO_MINIMUM = 3
 _RECENT_KEPT = 32
 """Enough for any weighted average: at the default weight the 32nd transfer back counts for 1e-10."""
 _MAX_CACHED = 10_000
@@ -424,7 +425,7 @@ class TransferEstimator:
         latency, slowness = summary.fit
         basis: Basis = "history"
         cutoff = now.timestamp() - self.recent_window
-        corrected = self._recent_correction(summary, latency, slowness, cutoff)
+        corrected = self._recent_correction(summary, latency, slowness, cutoff, nbytes)
         if corrected is not None:
             seconds = (latency + nbytes * share * slowness) * corrected
             moving = max(seconds - latency, 1e-9)
@@ -435,7 +436,7 @@ class TransferEstimator:
                 latency,
                 nbytes,
                 samples=summary.samples,
-                recent=_RATIO_SAMPLES,
+                recent=_RATIO_SAMPLES,  # at most; enough of the same size
                 in_flight=in_flight,
             )
         recent = 0
@@ -459,22 +460,30 @@ class TransferEstimator:
         )
 
     @staticmethod
-    def _recent_correction(summary: _Summary, latency: float, slowness: float, cutoff: float) -> float | None:
-        """How much slower (or faster) than the fitted model the last few transfers were, when enough are recent.
+    def _recent_correction(
+        summary: _Summary, latency: float, slowness: float, cutoff: float, nbytes: float
+    ) -> float | None:
+        """How much slower (or faster) than the fitted model the last few transfers of about this size were.
 
         The model explains a source's history; what it cannot see is what the source and this broker are going
-        through now (a burst of sessions, a busy disk, a link shared with others). The median ratio of actual
-        to modelled time over the last few transfers carries that over, and a median of five turns within
-        three transfers when the source changes, without following a single outlier.
+        through now (a burst of sessions, a busy disk, a link shared with others). Sharing does not treat sizes
+        alike: a small transfer is over before most others it started with, a large one meets many that start
+        after it. So the median ratio of actual to modelled time is taken over recent transfers within a factor
+        of two of this size; a median of up to five turns within three transfers when the source changes,
+        without following a single outlier.
         """
         ratios = []
-        for at, nbytes, seconds, company in summary.observed[:_RATIO_SAMPLES]:
+        for at, moved, seconds, company in summary.observed:
             if at < cutoff:
                 break
-            model = latency + nbytes * (1 + company) * slowness
+            if not (nbytes / 2 <= moved <= nbytes * 2 or (nbytes == 0 and moved == 0)):
+                continue
+            model = latency + moved * (1 + company) * slowness
             if model > 0:
                 ratios.append(seconds / model)
-        if len(ratios) < _RATIO_SAMPLES:
+                if len(ratios) == _RATIO_SAMPLES:
+                    break
+        if len(ratios) < _RATIO_MINIMUM:
             return None
         return statistics.median(ratios)
 
@@ -559,7 +568,7 @@ class TransferEstimator:
             recent.reverse()
         observed = tuple(
             (finished.timestamp(), float(nbytes), float(seconds), int(company or 0))
-            for nbytes, seconds, finished, company in rows[:_RATIO_SAMPLES]
+            for nbytes, seconds, finished, company in rows[:_RECENT_KEPT]
         )
         return _Summary(loaded, generation, len(rows), fit, tuple(recent), observed)
 
