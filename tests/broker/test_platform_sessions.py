@@ -22,7 +22,7 @@ from tests.conftest import LiveServer, make_settings
 from tests.fakes.kubernetes import FakeKubernetes
 from tests.fakes.preparedata import FakeSrcnet
 from tests.fakes.skaha import FakeSkaha, Outcome
-from tests.platforms.dockerd import Daemon, docker_daemon  # noqa: F401 - a fixture
+from tests.platforms.dockerd import Daemon, docker_daemon, podman_daemon  # noqa: F401 - fixtures
 from tests.platforms.slurm_cluster import SlurmCluster, running_cluster
 
 
@@ -159,10 +159,15 @@ def test_kubernetes_session_runs_fails_and_cancels(tmp_path: Path) -> None:
             assert f"ecliptic-{cancelled['meta']['uuid'].split('-')[0]}" not in names
 
 
-# -- Docker (a real private dockerd, no bridge) --------------------------------------------------------------
-def test_docker_session_stages_data_into_the_container_and_pushes_results(
-    docker_daemon: Daemon,  # noqa: F811 - the fixture imported above
-    tmp_path: Path,
+# -- Docker and Podman (real private daemons, no bridge) -----------------------------------------------------
+@pytest.fixture(params=["docker", "podman"])
+def daemon(request: pytest.FixtureRequest) -> Daemon:
+    found: Daemon = request.getfixturevalue(f"{request.param}_daemon")
+    return found
+
+
+def test_container_session_stages_data_into_the_container_and_pushes_results(
+    daemon: Daemon, tmp_path: Path
 ) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -171,11 +176,11 @@ def test_docker_session_stages_data_into_the_container_and_pushes_results(
     results.mkdir()
     platforms = {
         "containers": {
-            "type": "docker",
-            "host": docker_daemon.host,
+            "type": daemon.kind,
+            "host": daemon.host,
             "cores": 2,
             "memory_gib": 2,
-            "default_image": docker_daemon.image,
+            "default_image": daemon.image,
             "stop_grace": 0,
         }
     }
@@ -183,7 +188,7 @@ def test_docker_session_stages_data_into_the_container_and_pushes_results(
         "sh",
         "-c",
         'wc -l < /input/table.csv > /output/lines.txt; cat "$ECLIPTIC_DATA_TABLE" > /output/copy.csv',
-        image=docker_daemon.image,
+        image=daemon.image,
         data=[{"meta": {"name": "table"}, "location": (shared / "table.csv").as_uri(), "storage": "out"}],
         storage=[{"meta": {"name": "out"}, "destination": (results / "run").as_uri()}],
         compute={
@@ -202,10 +207,10 @@ def test_docker_session_stages_data_into_the_container_and_pushes_results(
         assert (results / "run" / "lines.txt").read_text().strip() == "2"
         assert (results / "run" / "copy.csv").read_text() == "a,b\n1,2\n"
         assert done["data"][0]["staging"]["size"] == 8
-        containers = docker_daemon.api.containers(all=True, filters={"label": "ecliptic.session"})
+        containers = daemon.api.containers(all=True, filters={"label": "ecliptic.session"})
         assert _released(http, done["meta"]["uuid"])["compute"]["phase"] == "COMPLETED"
 
-        failed = _run(http, _container_request("sh", "-c", "exit 3", image=docker_daemon.image))
+        failed = _run(http, _container_request("sh", "-c", "exit 3", image=daemon.image))
         assert failed["phase"] == "FAILED"
         assert "3" in failed["meta"]["messages"][-1]["message"]
 
@@ -213,9 +218,9 @@ def test_docker_session_stages_data_into_the_container_and_pushes_results(
         assert refused["phase"] == "FAILED"
         assert "not/there" in refused["meta"]["messages"][-1]["message"]
 
-        cancelled = _cancel_when_running(http, _container_request("sleep", "120", image=docker_daemon.image))
+        cancelled = _cancel_when_running(http, _container_request("sleep", "120", image=daemon.image))
         assert cancelled["phase"] == "CANCELLED"
-        containers = docker_daemon.api.containers(all=True, filters={"label": "ecliptic.session"})
+        containers = daemon.api.containers(all=True, filters={"label": "ecliptic.session"})
         assert [c for c in containers if cancelled["meta"]["uuid"] in str(c.get("Labels"))] == []
 
 
