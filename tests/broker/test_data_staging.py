@@ -105,7 +105,9 @@ def test_a_checksum_mismatch_fails_the_session_before_compute(
         assert "ran.txt" not in {f["path"] for f in files}
 
 
-def test_a_missing_remote_file_is_a_no_naming_the_http_status(staging_server: LiveServer, data_url: str) -> None:
+def test_a_missing_remote_file_is_a_no_naming_the_http_status(
+    staging_server: LiveServer, data_url: str
+) -> None:
     body = command_request("true")
     body["data"] = [{"location": data_url.replace("cube", "nothing")}]
     with httpx.Client(base_url=staging_server.url, timeout=30) as http:
@@ -116,7 +118,9 @@ def test_a_missing_remote_file_is_a_no_naming_the_http_status(staging_server: Li
     assert "404" in message["message"] and "nothing.fits" in message["message"]
 
 
-def test_a_file_gone_after_the_offer_fails_with_the_http_status(staging_server: LiveServer, data_url: str) -> None:
+def test_a_file_gone_after_the_offer_fails_with_the_http_status(
+    staging_server: LiveServer, data_url: str
+) -> None:
     body = command_request("true")
     body["data"] = [{"location": data_url.replace("cube", "later")}]
     with httpx.Client(base_url=staging_server.url, timeout=30) as http:

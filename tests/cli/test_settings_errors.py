@@ -52,7 +52,10 @@ def test_good_settings_from_the_file(tmp_path: Path) -> None:
             '# platforms\n[platforms.hpc]\ntype = "slurm"\nmemroy_gib = 8\n',
             ["ecliptic.toml:4:", "platforms.hpc.memroy_gib", "did you mean 'memory_gib'?"],
         ),
-        ('[platforms.hpc]\ntype = "slrum"\n', ["ecliptic.toml:2:", "'slrum' is not a platform type", "slurm"]),
+        (
+            '[platforms.hpc]\ntype = "slrum"\n',
+            ["ecliptic.toml:2:", "'slrum' is not a platform type", "slurm"],
+        ),
         ('[platforms.k8s]\ntype = "kubernetes"\ncores = 0\n', ["ecliptic.toml:3:", "platforms.k8s.cores"]),
         ('[rucio]\nurl = "http://127.0.0.1:1"\naccount = "a"\n', ["[rucio]", "username and password"]),
         ('[transfer_rates]\n"rse:FAR" = { rate = "20 MB" }\n', ["transfer_rates", 'add "/s"']),

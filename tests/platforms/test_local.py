@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.processes import gone
 
 from ecliptic.isotime import utcnow
 from ecliptic.platforms.base import Capacity, LaunchSpec, RunState, RunStatus
 from ecliptic.platforms.local import LocalPlatform
+from tests.processes import gone
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux /proc")
 

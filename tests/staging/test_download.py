@@ -290,7 +290,9 @@ def test_two_stagers_of_one_destination_download_once(archive: FakeArchive, tmp_
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert len(results) == 4 and all(isinstance(r, StagedFile) and r.sha256 == SHA256 for r in results), results
+    assert len(results) == 4 and all(isinstance(r, StagedFile) and r.sha256 == SHA256 for r in results), (
+        results
+    )
     assert len(archive.requests) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.bin"]
 
