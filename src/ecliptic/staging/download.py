@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -273,7 +274,7 @@ def complete_part(part: Path, meta: Path, dest: Path, hashes: Hashes, url: str) 
     os.replace(part, dest)
     with contextlib.suppress(OSError):
         meta.unlink()
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
 
 
 def open_part(part: Path, *, append: bool) -> IO[bytes]:
@@ -288,7 +289,7 @@ def discard_part(part: Path, meta: Path) -> None:
             path.unlink()
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     # Makes the rename itself durable; some platforms cannot open a directory, which costs only durability.
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
@@ -368,44 +369,52 @@ _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECA
 _UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=8)
+def shared_client(timeout: float) -> httpx.Client:
+    """One pooled client per timeout for every staging thread: a new client per file costs a TLS context and
+    a connection each time, which for small files was most of their staging time."""
+    return httpx.Client(
+        follow_redirects=True,
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
+        headers={"User-Agent": "ecliptic-staging"},
+        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+    )
+
+
 def _fetch_http(url: str, dest: Path, hashes: Hashes, *, timeout: float, progress: Progress | None) -> None:
     part, meta = part_paths(dest)
     offset, validator = _resumable(part, meta, url)
     total: int | None = None
+    client = shared_client(timeout)
     try:
-        with httpx.Client(
-            follow_redirects=True,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)),
-            headers={"User-Agent": "ecliptic-staging"},
-        ) as client:
-            while True:
-                headers = {"Accept-Encoding": "identity"}
-                if offset:
-                    headers["Range"] = f"bytes={offset}-"
-                    if validator:
-                        # Should the entity have changed since the .part was begun, the server then sends
-                        # the whole new one (200) instead of a range of it.
-                        headers["If-Range"] = validator
-                with client.stream("GET", url, headers=headers) as response:
-                    if offset and response.status_code == 416 and _already_complete(response, offset):
-                        # Killed between the last byte and the rename: nothing left to fetch.
-                        _hash_file(part, hashes)
-                        break
-                    if offset and response.status_code in (206, 416) and not _continues(response, offset):
-                        # A range that does not continue the .part: start over without one.
-                        discard_part(part, meta)
-                        offset, validator = 0, None
-                        continue
-                    _check_status(url, response)
-                    append = offset > 0 and response.status_code == 206
-                    if append:
-                        _hash_file(part, hashes)
-                    else:
-                        _write_meta(meta, url, response)
-                    total = _expected_total(response, offset if append else 0)
-                    with open_part(part, append=append) as out:
-                        _pump(response.iter_bytes(CHUNK), out, hashes, total, progress)
+        while True:
+            headers = {"Accept-Encoding": "identity"}
+            if offset:
+                headers["Range"] = f"bytes={offset}-"
+                if validator:
+                    # Should the entity have changed since the .part was begun, the server then sends
+                    # the whole new one (200) instead of a range of it.
+                    headers["If-Range"] = validator
+            with client.stream("GET", url, headers=headers) as response:
+                if offset and response.status_code == 416 and _already_complete(response, offset):
+                    # Killed between the last byte and the rename: nothing left to fetch.
+                    _hash_file(part, hashes)
                     break
+                if offset and response.status_code in (206, 416) and not _continues(response, offset):
+                    # A range that does not continue the .part: start over without one.
+                    discard_part(part, meta)
+                    offset, validator = 0, None
+                    continue
+                _check_status(url, response)
+                append = offset > 0 and response.status_code == 206
+                if append:
+                    _hash_file(part, hashes)
+                else:
+                    _write_meta(meta, url, response)
+                total = _expected_total(response, offset if append else 0)
+                with open_part(part, append=append) as out:
+                    _pump(response.iter_bytes(CHUNK), out, hashes, total, progress)
+                break
     except httpx.TimeoutException as exc:
         raise StagingError(f"timed out fetching {url}: {exc or type(exc).__name__}", retryable=True) from exc
     except (httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.TooManyRedirects) as exc:

@@ -29,9 +29,10 @@ from ecliptic.staging.download import (
     Progress,
     StagedFile,
     StagingError,
-    _fsync_dir,
     exclusive,
     filename_for,
+    fsync_dir,
+    shared_client,
     stage,
 )
 from ecliptic.staging.sources import Replica, Resolved
@@ -194,7 +195,7 @@ def _assemble(
     _prune(work, {f.relative for f in files}, set(directories))
     os.replace(work, final)
     shutil.rmtree(parts, ignore_errors=True)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return StagedFile(path=final, size=done, sha256=tree_digest(lines))
 
 
@@ -347,19 +348,16 @@ class HttpSource:
 
     def _probe(self, url: str) -> tuple[int | None, dict[str, Any]]:
         """Size and validators of the entity at ``url``: ``HEAD``, else a ``GET`` of its first byte."""
+        client = shared_client(self.timeout)
+        identity = {"Accept-Encoding": "identity"}
         try:
-            with httpx.Client(
-                follow_redirects=True,
-                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 30.0)),
-                headers={"User-Agent": "ecliptic-staging", "Accept-Encoding": "identity"},
-            ) as client:
-                response = client.head(url)
-                if response.status_code < 400 and _plain(response):
-                    length = response.headers.get("Content-Length", "")
-                    return (int(length) if length.isdigit() else None), _details(response, ranges=None)
-                with client.stream("GET", url, headers={"Range": "bytes=0-0"}) as ranged:
-                    raise_for_status(url, ranged)
-                    return _ranged_size(ranged), _details(ranged, ranges=ranged.status_code == 206)
+            response = client.head(url, headers=identity)
+            if response.status_code < 400 and _plain(response):
+                length = response.headers.get("Content-Length", "")
+                return (int(length) if length.isdigit() else None), _details(response, ranges=None)
+            with client.stream("GET", url, headers={**identity, "Range": "bytes=0-0"}) as ranged:
+                raise_for_status(url, ranged)
+                return _ranged_size(ranged), _details(ranged, ranges=ranged.status_code == 206)
         except httpx.TimeoutException as exc:
             raise StagingError(
                 f"timed out asking {url}: {exc or type(exc).__name__}", retryable=True

@@ -36,7 +36,7 @@ from ecliptic.mesh.blocks import HOLE, hash_bytes
 from ecliptic.mesh.client import MeshClient
 from ecliptic.mesh.manifest import Block
 from ecliptic.mesh.wire import MeshError
-from ecliptic.staging.download import CHUNK, StagingError, _fsync_dir, open_part
+from ecliptic.staging.download import CHUNK, StagingError, fsync_dir, open_part
 from ecliptic.staging.http import raise_for_status, sha256_file
 from ecliptic.staging.mesh import check_pod_named, mesh_error, mesh_session, parse_mesh_url
 from ecliptic.staging.s3 import S3Config, s3_client, s3_error
@@ -453,7 +453,7 @@ def _copy_if_changed(item: _Local, target: Path, counter: _Counter) -> bool:
         os.replace(part, target)
     finally:
         part.unlink(missing_ok=True)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return True
 
 

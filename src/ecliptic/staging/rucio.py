@@ -508,7 +508,7 @@ class RucioSource:
                 incoming.unlink()
             raise
         os.replace(incoming, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         algorithm, digest = _reported(entry)
         return StagedFile(
             path=target, size=staged.size, sha256=staged.sha256, algorithm=algorithm, digest=digest
@@ -671,7 +671,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     # Makes the rename durable; a platform that cannot open a directory loses only that.
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
