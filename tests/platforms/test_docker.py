@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -38,6 +37,7 @@ from ecliptic.platforms.docker import (
 )
 from tests.conftest import free_port
 from tests.platforms.dockerd import REGISTRY, Daemon, docker_daemon, podman_daemon  # noqa: F401
+from tests.platforms.runs import launch_spec, poll_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -82,14 +82,13 @@ def make_spec(
     deadline: timedelta = timedelta(minutes=5),
     **extra: Any,
 ) -> LaunchSpec:
-    return LaunchSpec(
-        session_uuid=str(uuid.uuid4()),
-        workdir=workdir,
-        command=command,
+    return launch_spec(
+        workdir,
+        command,
         environment={"GREETING": "hello"},
         cores=cores,
         memory_gib=memory_gib,
-        deadline=utcnow() + deadline,
+        deadline=deadline,
         executable_kind=kind,
         image=image,
         **extra,
@@ -103,13 +102,7 @@ def wait_for_status(
     done: Callable[[RunStatus], bool] = lambda s: s.finished,
     timeout: float = 30,
 ) -> RunStatus:
-    until = time.monotonic() + timeout
-    while True:
-        status = platform.poll(workdir, handle)
-        if done(status):
-            return status
-        assert time.monotonic() < until, f"still {status} after {timeout} s"
-        time.sleep(0.1)
+    return poll_until(platform, workdir, handle, done, timeout)
 
 
 def eventually(read: Callable[[], str], wanted: str, timeout: float = 10) -> str:

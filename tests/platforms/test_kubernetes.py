@@ -11,7 +11,6 @@ import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -23,7 +22,6 @@ import pytest
 
 pytest.importorskip("kubernetes")
 
-from ecliptic.isotime import utcnow
 from ecliptic.platforms.base import (
     COMMAND_KIND,
     Capacity,
@@ -45,6 +43,7 @@ from ecliptic.platforms.kubernetes import (
     build,
 )
 from tests.fakes.kubernetes import Exit, FakeKubernetes, PullFailure, Run
+from tests.platforms.runs import launch_spec
 from tests.processes import wait_until_gone
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fake kubelet needs POSIX")
@@ -87,17 +86,7 @@ def make_spec(
     deadline: timedelta = timedelta(minutes=5),
     **fields: Any,
 ) -> LaunchSpec:
-    values: dict[str, Any] = {
-        "session_uuid": session or str(uuid.uuid4()),
-        "workdir": workdir,
-        "command": command,
-        "environment": {},
-        "cores": 1,
-        "memory_gib": 1,
-        "deadline": utcnow() + deadline,
-    }
-    values.update(fields)
-    return LaunchSpec(**values)
+    return launch_spec(workdir, command, session_uuid=session, deadline=deadline, **fields)
 
 
 def wait_for(

@@ -11,16 +11,15 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ecliptic.isotime import utcnow
 from ecliptic.platforms.base import Capacity, LaunchSpec, RunState, RunStatus
 from ecliptic.platforms.local import LocalPlatform
+from tests.platforms.runs import launch_spec
 from tests.processes import gone
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux /proc")
@@ -42,14 +41,8 @@ def make_spec(
     memory_gib: int = 4,
     deadline: timedelta = timedelta(minutes=5),
 ) -> LaunchSpec:
-    return LaunchSpec(
-        session_uuid=str(uuid.uuid4()),
-        workdir=workdir,
-        command=command,
-        environment=environment or {},
-        cores=cores,
-        memory_gib=memory_gib,
-        deadline=utcnow() + deadline,
+    return launch_spec(
+        workdir, command, environment=environment, cores=cores, memory_gib=memory_gib, deadline=deadline
     )
 
 

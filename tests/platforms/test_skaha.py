@@ -7,7 +7,6 @@ import base64
 import os
 import socket
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +16,6 @@ import httpx
 import pytest
 
 from ecliptic.broker import kinds
-from ecliptic.isotime import utcnow
 from ecliptic.platforms import skaha as skaha_module
 from ecliptic.platforms.base import COMMAND_KIND, Image, LaunchSpec, Platform, RunState, RunStatus
 from ecliptic.platforms.skaha import (
@@ -34,6 +32,7 @@ from ecliptic.platforms.skaha import (
 from ecliptic.platforms.supervisor import write_json_atomic as real_write
 from tests.fakes.oidc import FakeOidc
 from tests.fakes.skaha import FakeSkaha, Outcome
+from tests.platforms.runs import launch_spec, poll_until
 
 TERMINAL = "images.canfar.net/skaha/terminal:1.1.1"
 NOTEBOOK = "images.canfar.net/skaha/base-notebook:latest"
@@ -101,14 +100,14 @@ def make_spec(
     name: str = "job",
     session_uuid: str | None = None,
 ) -> LaunchSpec:
-    return LaunchSpec(
-        session_uuid=session_uuid or str(uuid.uuid4()),
-        workdir=workdir,
-        command=["echo", "hello"] if command is None else command,
-        environment=environment or {},
+    return launch_spec(
+        workdir,
+        ["echo", "hello"] if command is None else command,
+        session_uuid=session_uuid,
+        environment=environment,
         cores=cores,
         memory_gib=memory_gib,
-        deadline=utcnow() + deadline,
+        deadline=deadline,
         name=name,
         executable_kind=kind,
         image=image,
@@ -123,14 +122,7 @@ def wait_for(
     done: Callable[[RunStatus], bool] = lambda status: status.finished,
     timeout: float = 10.0,
 ) -> RunStatus:
-    until = time.monotonic() + timeout
-    while True:
-        status = platform.poll(workdir, handle)
-        if done(status):
-            return status
-        if time.monotonic() > until:
-            raise AssertionError(f"still {status} after {timeout} s")
-        time.sleep(0.05)
+    return poll_until(platform, workdir, handle, done, timeout, interval=0.05)
 
 
 def created_params(fake: FakeSkaha) -> dict[str, list[str]]:

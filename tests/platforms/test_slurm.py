@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import pwd
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -19,9 +17,9 @@ from typing import Any
 import pydantic
 import pytest
 
-from ecliptic.isotime import utcnow
 from ecliptic.platforms.base import COMMAND_KIND, LaunchSpec, RunState, RunStatus
 from ecliptic.platforms.slurm import SlurmConfig, SlurmPlatform, SlurmUnavailable, build
+from tests.platforms.runs import launch_spec, poll_until
 from tests.platforms.slurm_cluster import SlurmCluster, running_cluster
 
 TIMEOUT = 60.0
@@ -70,14 +68,8 @@ def make_spec(
     memory_gib: int = 1,
     deadline: timedelta = timedelta(minutes=10),
 ) -> LaunchSpec:
-    return LaunchSpec(
-        session_uuid=str(uuid.uuid4()),
-        workdir=workdir,
-        command=command,
-        environment=environment or {},
-        cores=cores,
-        memory_gib=memory_gib,
-        deadline=utcnow() + deadline,
+    return launch_spec(
+        workdir, command, environment=environment, cores=cores, memory_gib=memory_gib, deadline=deadline
     )
 
 
@@ -87,13 +79,7 @@ def wait_for_status(
     handle: dict[str, Any],
     done: Callable[[RunStatus], bool] = lambda status: status.finished,
 ) -> RunStatus:
-    until = time.monotonic() + TIMEOUT
-    while True:
-        status = platform.poll(workdir, handle)
-        if done(status):
-            return status
-        assert time.monotonic() < until, f"still {status} after {TIMEOUT:g} s"
-        time.sleep(0.1)
+    return poll_until(platform, workdir, handle, done, TIMEOUT)
 
 
 def running(status: RunStatus) -> bool:

@@ -42,8 +42,8 @@ def _visible(platform: Platform, kind: str) -> bool:
     return kind in allowed
 
 
-def _describe(component: ComponentPlan) -> str:
-    spec = component.spec
+def describe(spec: dict[str, Any], fallback: str) -> str:
+    """The data resource in a few words for messages: its URL, DID, bucket, or else its name."""
     if "location" in spec:
         return str(spec["location"])
     if "rucio" in spec:
@@ -52,11 +52,11 @@ def _describe(component: ComponentPlan) -> str:
         return f"{spec['skao'].get('namespace')}:{spec['skao'].get('objectname')}"
     if "bucket" in spec:
         return f"s3 {spec.get('bucket')}/{spec.get('object') or ''}"
-    return component.name or component.uuid
+    return fallback
 
 
-def describe(component_spec: dict[str, Any], fallback: str) -> str:
-    return _describe(ComponentPlan("", "data", str(component_spec.get("kind", "")), fallback, component_spec))
+def _describe(component: ComponentPlan) -> str:
+    return describe(component.spec, component.name or component.uuid)
 
 
 def assess(

@@ -29,7 +29,7 @@ from ecliptic.engine import Again, Done, Job, Outcome
 from ecliptic.isotime import utcnow
 from ecliptic.platforms.base import Image, LaunchSpec, Mount, Platform, Port, RunState, launch_refused
 from ecliptic.platforms.local import LocalPlatform
-from ecliptic.staging import StagedFile, StagingError, filename_for, stage
+from ecliptic.staging import StagedFile, StagingError
 from ecliptic.staging.sources import Replica
 from ecliptic.store.tables import ComponentRow, OfferSetRow, SessionRow
 
@@ -237,14 +237,15 @@ class SessionAdvancer:
                     dest_dir = workdir / "storage" / str(spec["storage"])
                     uid, cid = row.uuid, component.uuid
                     fallback = component.name or component.uuid
-                    return lambda: self._stage(uid, cid, spec, dest_dir, fallback)
+                    platform_name = row.platform
+                    return lambda: self._stage(uid, cid, spec, dest_dir, fallback, platform_name)
                 # Compute starts as soon as its inputs are in place: the session's hold began at prepare start, so
                 # starting before the offered start uses only capacity it already holds, and ends by the same deadline.
                 component.state = {**component.state, "launching": now.isoformat()}
                 launch = self._launch_spec(row, workdir)
-                uid = row.uuid
+                uid, cid = row.uuid, component.uuid
                 platform = self.broker.platforms[row.platform]
-                return lambda: self._launch(uid, platform, launch)
+                return lambda: self._launch(uid, cid, platform, launch)
         # Everything is in place (a launch was recorded but the session's own change was not): catch up.
         lifecycle.set_phase(session, row, SessionPhase.AVAILABLE, now, "the executable is running")
         return None
@@ -317,9 +318,15 @@ class SessionAdvancer:
         )
 
     def _stage(
-        self, session_uuid: str, component_uuid: str, spec: dict[str, Any], dest_dir: Path, fallback: str
+        self,
+        session_uuid: str,
+        component_uuid: str,
+        spec: dict[str, Any],
+        dest_dir: Path,
+        fallback: str,
+        platform_name: str,
     ) -> Step:
-        platform_name, site = self._platform_of(session_uuid)
+        site = self.broker.platforms[platform_name].info.site
         estimate = dict((spec.get("estimates") or {}).get(platform_name) or {})
         started = time.monotonic()
         progress = _ProgressWriter(self.db, component_uuid)
@@ -340,7 +347,7 @@ class SessionAdvancer:
                 return self._fail(session, row, now, reason)
         seconds = time.monotonic() - started
         now = utcnow()
-        if self.broker.estimator is not None and replica is not None and staged.size > 0:
+        if self.broker.estimator is not None and staged.size > 0:
             self.broker.estimator.record(
                 replica.source,
                 site,
@@ -362,7 +369,7 @@ class SessionAdvancer:
                 "path": str(staged.path),
                 "size": staged.size,
                 "sha256": staged.sha256,
-                "source": replica.source if replica else None,
+                "source": replica.source,
                 "staging_seconds": round(seconds, 3),
                 "estimated_seconds": estimate.get("seconds"),
                 "estimate_basis": estimate.get("basis"),
@@ -373,13 +380,6 @@ class SessionAdvancer:
                 )
         return None
 
-    def _platform_of(self, session_uuid: str) -> tuple[str, str]:
-        with self.db.read() as session:
-            row = session.get(SessionRow, session_uuid)
-            name = row.platform if row is not None else ""
-        platform = self.broker.platforms.get(name)
-        return name, platform.info.site if platform is not None else "local"
-
     def _fetch(
         self,
         spec: dict[str, Any],
@@ -387,31 +387,18 @@ class SessionAdvancer:
         fallback: str,
         estimate: dict[str, Any],
         progress: Callable[[int, int | None], None],
-    ) -> tuple[StagedFile, Replica | None]:
-        """Stage from the replica the offer was estimated on, then from the others; legacy: plain ``stage``."""
+    ) -> tuple[StagedFile, Replica]:
+        """Stage from the replica the offer was estimated on, if it is still there."""
         sources = self.broker.data_sources
         source = sources.source_for(str(spec.get("kind", "")), spec) if sources is not None else None
         if source is None:
-            checksum = spec.get("checksum")
-            location = str(spec["location"])
-            staged = stage(
-                location,
-                dest_dir / filename_for(location, fallback),
-                checksum=(str(checksum["type"]), str(checksum["value"])) if checksum else None,
-                progress=progress,
-            )
-            return staged, None
+            # Offers are only made for data some configured source takes; the settings changed since.
+            raise StagingError(f"no data source is configured for {data_plan.describe(spec, fallback)}")
         resolved = source.resolve(spec)
         # The replica the offer was estimated on, if it is still there; sources with several replicas (Rucio)
         # fall back to the others themselves.
         replica = next((r for r in resolved.replicas if r.url == estimate.get("url")), resolved.replicas[0])
         return source.fetch(spec, replica, dest_dir, progress), replica
-
-    def _compute_uuid(self, session_uuid: str) -> str:
-        with self.db.read() as session:
-            row = session.get(SessionRow, session_uuid)
-            compute = self._component(row, "compute") if row is not None else None
-            return compute.uuid if compute is not None else ""
 
     def _count_attempt(self, component_uuid: str) -> int:
         with self.db.write() as session:
@@ -422,12 +409,12 @@ class SessionAdvancer:
             component.state = {**component.state, "attempts": attempts}
             return attempts
 
-    def _launch(self, session_uuid: str, platform: Platform, spec: LaunchSpec) -> Step:
+    def _launch(self, session_uuid: str, compute_uuid: str, platform: Platform, spec: LaunchSpec) -> Step:
         try:
             handle = platform.launch(spec)
         except Exception as exc:
             refused = launch_refused(exc)
-            if not refused and self._count_attempt(self._compute_uuid(session_uuid)) < MAX_LAUNCH_ATTEMPTS:
+            if not refused and self._count_attempt(compute_uuid) < MAX_LAUNCH_ATTEMPTS:
                 raise  # the engine retries with backoff
             now = utcnow()
             with self.db.write() as session:
@@ -525,8 +512,8 @@ class SessionAdvancer:
         if compute is not None and "handle" in compute.state and not compute.state.get("freed"):
             handle = dict(compute.state["handle"])
             platform = self.broker.platforms[row.platform]
-            uid = row.uuid
-            return lambda: self._free(uid, platform, handle)
+            uid, cid = row.uuid, compute.uuid
+            return lambda: self._free(uid, cid, platform, handle)
         return None
 
     def _push(self, session_uuid: str, storage_uuid: str, source: Path, destination: str) -> Step:
@@ -559,12 +546,12 @@ class SessionAdvancer:
                 }
         return None
 
-    def _free(self, session_uuid: str, platform: Platform, handle: dict[str, Any]) -> Step:
+    def _free(self, session_uuid: str, compute_uuid: str, platform: Platform, handle: dict[str, Any]) -> Step:
         note = None
         try:
             platform.stop(self.broker.workdir(session_uuid), handle, "released")
         except Exception as exc:
-            if self._count_attempt(self._compute_uuid(session_uuid)) < MAX_LAUNCH_ATTEMPTS:
+            if self._count_attempt(compute_uuid) < MAX_LAUNCH_ATTEMPTS:
                 raise  # the engine retries with backoff
             # The work is over and its results are saved: a platform that will not say it removed the run
             # must not hold the session's capacity for ever.

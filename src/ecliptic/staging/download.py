@@ -369,6 +369,24 @@ _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECA
 _UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
 
 
+@contextlib.contextmanager
+def http_errors(timed_out: str, failed: str, unreachable: str | None = None) -> Iterator[None]:
+    """httpx failures as :class:`StagingError`, worded for what was being done.
+
+    A timeout or a connection that failed (refused, reset, a body cut short) may pass, so it is retryable; a
+    URL httpx cannot use, or a redirect loop, will not. ``unreachable`` words the transport failures when
+    they should read otherwise than ``failed``.
+    """
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise StagingError(f"{timed_out}: {exc or type(exc).__name__}", retryable=True) from exc
+    except (httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.TooManyRedirects) as exc:
+        raise StagingError(f"{failed}: {exc}") from exc
+    except httpx.TransportError as exc:
+        raise StagingError(f"{unreachable or failed}: {exc or type(exc).__name__}", retryable=True) from exc
+
+
 @functools.lru_cache(maxsize=8)
 def shared_client(timeout: float) -> httpx.Client:
     """One pooled client per timeout for every staging thread: a new client per file costs a TLS context and
@@ -386,7 +404,8 @@ def _fetch_http(url: str, dest: Path, hashes: Hashes, *, timeout: float, progres
     offset, validator = _resumable(part, meta, url)
     total: int | None = None
     client = shared_client(timeout)
-    try:
+    # A transport failure leaves the .part for the next attempt to resume.
+    with http_errors(f"timed out fetching {url}", f"cannot fetch {url}"):
         while True:
             headers = {"Accept-Encoding": "identity"}
             if offset:
@@ -415,13 +434,6 @@ def _fetch_http(url: str, dest: Path, hashes: Hashes, *, timeout: float, progres
                 with open_part(part, append=append) as out:
                     _pump(response.iter_bytes(CHUNK), out, hashes, total, progress)
                 break
-    except httpx.TimeoutException as exc:
-        raise StagingError(f"timed out fetching {url}: {exc or type(exc).__name__}", retryable=True) from exc
-    except (httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.TooManyRedirects) as exc:
-        raise StagingError(f"cannot fetch {url}: {exc}") from exc
-    except httpx.TransportError as exc:
-        # Connection refused or reset, or the body cut short: the .part stays for the next attempt to resume.
-        raise StagingError(f"cannot fetch {url}: {exc or type(exc).__name__}", retryable=True) from exc
     if total is not None and hashes.size != total:
         if hashes.size > total:
             discard_part(part, meta)

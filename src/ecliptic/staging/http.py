@@ -32,6 +32,7 @@ from ecliptic.staging.download import (
     exclusive,
     filename_for,
     fsync_dir,
+    http_errors,
     shared_client,
     stage,
 )
@@ -350,7 +351,7 @@ class HttpSource:
         """Size and validators of the entity at ``url``: ``HEAD``, else a ``GET`` of its first byte."""
         client = shared_client(self.timeout)
         identity = {"Accept-Encoding": "identity"}
-        try:
+        with http_errors(f"timed out asking {url}", f"cannot fetch {url}", f"cannot reach {url}"):
             response = client.head(url, headers=identity)
             if response.status_code < 400 and _plain(response):
                 length = response.headers.get("Content-Length", "")
@@ -358,14 +359,6 @@ class HttpSource:
             with client.stream("GET", url, headers={**identity, "Range": "bytes=0-0"}) as ranged:
                 raise_for_status(url, ranged)
                 return _ranged_size(ranged), _details(ranged, ranges=ranged.status_code == 206)
-        except httpx.TimeoutException as exc:
-            raise StagingError(
-                f"timed out asking {url}: {exc or type(exc).__name__}", retryable=True
-            ) from exc
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.TooManyRedirects) as exc:
-            raise StagingError(f"cannot fetch {url}: {exc}") from exc
-        except httpx.TransportError as exc:
-            raise StagingError(f"cannot reach {url}: {exc or type(exc).__name__}", retryable=True) from exc
 
 
 def _location(spec: Mapping[str, Any]) -> str:

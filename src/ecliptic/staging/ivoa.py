@@ -20,7 +20,7 @@ from xml.etree import ElementTree
 import httpx
 
 from ecliptic.broker.kinds import DATA_IVOA
-from ecliptic.staging.download import Progress, StagedFile, StagingError, filename_for
+from ecliptic.staging.download import Progress, StagedFile, StagingError, filename_for, http_errors
 from ecliptic.staging.http import HttpSource, checksum_of, raise_for_status
 from ecliptic.staging.sources import Replica, Resolved
 
@@ -182,33 +182,25 @@ class IvoaSource:
         raise StagingError(f"the DataLink document at {url} has no #this link to the dataset")
 
     def _read_document(self, url: str) -> bytes:
-        try:
-            with (
-                httpx.Client(
-                    follow_redirects=True,
-                    timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 30.0)),
-                    headers={"User-Agent": "ecliptic-staging"},
-                ) as client,
-                client.stream("GET", url) as response,
-            ):
-                raise_for_status(url, response)
-                chunks: list[bytes] = []
-                total = 0
-                for chunk in response.iter_bytes():
-                    total += len(chunk)
-                    if total > MAX_DATALINK_BYTES:
-                        raise StagingError(
-                            f"the DataLink document at {url} is larger than {MAX_DATALINK_BYTES} bytes"
-                        )
-                    chunks.append(chunk)
-        except httpx.TimeoutException as exc:
-            raise StagingError(
-                f"timed out reading {url}: {exc or type(exc).__name__}", retryable=True
-            ) from exc
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.TooManyRedirects) as exc:
-            raise StagingError(f"cannot read {url}: {exc}") from exc
-        except httpx.TransportError as exc:
-            raise StagingError(f"cannot reach {url}: {exc or type(exc).__name__}", retryable=True) from exc
+        with (
+            http_errors(f"timed out reading {url}", f"cannot read {url}", f"cannot reach {url}"),
+            httpx.Client(
+                follow_redirects=True,
+                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 30.0)),
+                headers={"User-Agent": "ecliptic-staging"},
+            ) as client,
+            client.stream("GET", url) as response,
+        ):
+            raise_for_status(url, response)
+            chunks: list[bytes] = []
+            total = 0
+            for chunk in response.iter_bytes():
+                total += len(chunk)
+                if total > MAX_DATALINK_BYTES:
+                    raise StagingError(
+                        f"the DataLink document at {url} is larger than {MAX_DATALINK_BYTES} bytes"
+                    )
+                chunks.append(chunk)
         return b"".join(chunks)
 
 

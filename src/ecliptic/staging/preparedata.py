@@ -41,7 +41,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
-from ecliptic.staging.download import CHUNK, StagedFile, StagingError, filename_for
+from ecliptic.staging.download import CHUNK, StagedFile, StagingError, filename_for, http_errors
 from ecliptic.staging.sources import Progress, Replica, Resolved
 
 log = logging.getLogger(__name__)
@@ -298,17 +298,13 @@ class PrepareDataSource:
     def _call(self, method: str, url: str, token: Token, **kwargs: Any) -> httpx.Response:
         bearer = token() if callable(token) else token
         headers = {"Authorization": f"Bearer {bearer}", "Accept": "application/json"}
-        try:
-            with httpx.Client(
+        with (
+            http_errors(f"{url} timed out", f"cannot reach {url}"),
+            httpx.Client(
                 timeout=self.config.request_timeout, headers={"User-Agent": "ecliptic-staging"}
-            ) as client:
-                return client.request(method, url, headers=headers, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise StagingError(f"{url} timed out: {exc or type(exc).__name__}", retryable=True) from exc
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            raise StagingError(f"cannot reach {url}: {exc}") from exc
-        except httpx.TransportError as exc:
-            raise StagingError(f"cannot reach {url}: {exc or type(exc).__name__}", retryable=True) from exc
+            ) as client,
+        ):
+            return client.request(method, url, headers=headers, **kwargs)
 
     def _raise_for(self, who: str, response: httpx.Response, obj: _Object) -> None:
         code = response.status_code

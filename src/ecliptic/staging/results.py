@@ -36,7 +36,7 @@ from ecliptic.mesh.blocks import HOLE, hash_bytes
 from ecliptic.mesh.client import MeshClient
 from ecliptic.mesh.manifest import Block
 from ecliptic.mesh.wire import MeshError
-from ecliptic.staging.download import CHUNK, StagingError, fsync_dir, open_part
+from ecliptic.staging.download import CHUNK, StagingError, fsync_dir, http_errors, open_part
 from ecliptic.staging.http import raise_for_status, sha256_file
 from ecliptic.staging.mesh import check_pod_named, mesh_error, mesh_session, parse_mesh_url
 from ecliptic.staging.s3 import S3Config, s3_client, s3_error
@@ -215,11 +215,18 @@ class ResultPusher:
         base = destination.rstrip("/")
         pushed: list[PushedFile] = []
         try:
-            with httpx.Client(
-                follow_redirects=False,
-                timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 30.0)),
-                headers={"User-Agent": "ecliptic-results", **self.headers},
-            ) as client:
+            with (
+                http_errors(
+                    f"timed out pushing to {destination}",
+                    f"cannot push results to {destination}",
+                    f"cannot reach {destination}",
+                ),
+                httpx.Client(
+                    follow_redirects=False,
+                    timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, 30.0)),
+                    headers={"User-Agent": "ecliptic-results", **self.headers},
+                ) as client,
+            ):
                 for item in files:
                     url = f"{base}/{quote(item.relative)}"
                     if _http_same(client, url, item):
@@ -228,16 +235,6 @@ class ResultPusher:
                         continue
                     _http_put(client, base, url, item, counter)
                     pushed.append(_pushed(item, url, True))
-        except httpx.TimeoutException as exc:
-            raise StagingError(
-                f"timed out pushing to {destination}: {exc or type(exc).__name__}", retryable=True
-            ) from exc
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            raise StagingError(f"cannot push results to {destination}: {exc}") from exc
-        except httpx.TransportError as exc:
-            raise StagingError(
-                f"cannot reach {destination}: {exc or type(exc).__name__}", retryable=True
-            ) from exc
         except OSError as exc:
             raise StagingError(f"cannot read the results to push: {exc}") from exc
         return pushed

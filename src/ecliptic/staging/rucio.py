@@ -43,7 +43,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from ecliptic.staging.download import CHUNK, StagedFile, StagingError, filename_for, stage
+from ecliptic.staging.download import CHUNK, StagedFile, StagingError, filename_for, http_errors, stage
 from ecliptic.staging.sources import Progress, Replica, Resolved
 
 log = logging.getLogger(__name__)
@@ -344,18 +344,8 @@ class RucioSource:
         return response
 
     def _send(self, client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        try:
+        with http_errors(f"rucio at {self._url} timed out", f"rucio at {self._url} cannot be reached"):
             return client.request(method, url, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise StagingError(
-                f"rucio at {self._url} timed out: {exc or type(exc).__name__}", retryable=True
-            ) from exc
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            raise StagingError(f"rucio at {self._url} cannot be reached: {exc}") from exc
-        except httpx.TransportError as exc:
-            raise StagingError(
-                f"rucio at {self._url} cannot be reached: {exc or type(exc).__name__}", retryable=True
-            ) from exc
 
     def _raise_for(self, response: httpx.Response, did: _Did) -> None:
         code = response.status_code
