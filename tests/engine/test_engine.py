@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from concurrent.futures import Executor, Future
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -155,3 +156,36 @@ def test_many_workers_run_each_item_exactly_once(database_url: str) -> None:
         worker.stop()
     assert len(runs) == 300
     assert set(runs.values()) == {1}
+
+
+class _Inline(Executor):
+    """Runs each job before ``submit`` returns: the fastest a pool thread can possibly be."""
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        future: Future[object] = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def test_a_job_that_finishes_before_submit_returns_is_claimed_again(database_url: str) -> None:
+    # A worker once marked a job running only after handing it to the pool, so a job that was already done
+    # stayed marked for ever and its item (a session's next step) was never claimed again.
+    db = _db(database_url)
+    runs: list[int] = []
+
+    def handler(job: Job) -> Again | Done:
+        runs.append(job.id)
+        return Done() if len(runs) == 4 else Again(utcnow())
+
+    with db.write() as s:
+        engine.schedule(s, "k", "steps", utcnow())
+    worker = Worker(db, {"k": handler}, idle_poll=timedelta(milliseconds=20), executor=_Inline())
+    worker.start()
+    deadline = time.monotonic() + 30
+    while len(runs) < 4 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    worker.stop()
+    assert len(runs) == 4
+    assert worker._free_slots() == worker.threads
+    with db.read() as s:
+        assert engine.pending(s) == 0

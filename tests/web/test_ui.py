@@ -28,7 +28,11 @@ def test_ask_accept_watch_and_read_output(ui_server: LiveServer, page: Any, tmp_
     assert page.locator(".offer").count() >= 1
     page.locator(".offer button.accept").first.click()
     page.wait_for_url("**/ui/sessions/*")
-    page.wait_for_function("document.querySelector('#session-phase').textContent.trim() === 'COMPLETED'")
+    page.wait_for_function(
+        "['COMPLETED', 'FAILED', 'CANCELLED'].includes(document.querySelector('#session-phase').textContent.trim())",
+        timeout=90_000,
+    )
+    assert page.inner_text("#session-phase").strip() == "COMPLETED", page.inner_text("main")
     assert "hello from the browser" in page.inner_text("#stdout")
     assert "the executable exited with code 0" in page.inner_text("table.history")
     page.screenshot(path=str(tmp_path / "session.png"), full_page=True)

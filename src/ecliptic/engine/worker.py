@@ -8,7 +8,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import timedelta
 
 from ecliptic.engine.outcome import Job, Outcome
@@ -40,6 +40,7 @@ class Worker:
         lease: timedelta = timedelta(seconds=30),
         idle_poll: timedelta = timedelta(milliseconds=200),
         owner: str | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.db = db
         self.handlers = handlers
@@ -49,9 +50,10 @@ class Worker:
         self.owner = owner or make_owner_id()
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._inflight: dict[int, Future[None]] = {}
+        # Ids of the items this worker is running: claims skip them and the heartbeat keeps their leases.
+        self._inflight: set[int] = set()
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ecliptic-worker")
+        self._pool = executor or ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ecliptic-worker")
         self._threads: list[threading.Thread] = []
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -105,9 +107,15 @@ class Worker:
                 log.exception("extending leases failed")
 
     def _submit(self, job: Job) -> None:
-        future = self._pool.submit(self._run, job)
+        # Marked running before it is handed over: a job that finished before being marked would stay marked
+        # for ever, and claims would skip its item for good.
         with self._lock:
-            self._inflight[job.id] = future
+            self._inflight.add(job.id)
+        try:
+            self._pool.submit(self._run, job)
+        except RuntimeError:  # the pool is shutting down: the item's lease lapses and it runs elsewhere
+            with self._lock:
+                self._inflight.discard(job.id)
 
     def _run(self, job: Job) -> None:
         try:
@@ -124,7 +132,7 @@ class Worker:
             )
         finally:
             with self._lock:
-                self._inflight.pop(job.id, None)
+                self._inflight.discard(job.id)
             self._wake.set()
 
     # -- for tests and one-shot tools ------------------------------------------------------------------------
@@ -133,6 +141,6 @@ class Worker:
         jobs = claim(self.db, self.owner, 1000, self.lease, set(self.handlers))
         for job in jobs:
             with self._lock:
-                self._inflight[job.id] = Future()
+                self._inflight.add(job.id)
             self._run(job)
         return len(jobs)

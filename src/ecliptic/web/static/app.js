@@ -3,7 +3,11 @@
 
 async function refreshOnce(element) {
   try {
-    const response = await fetch(element.dataset.refresh, { headers: { Accept: "text/html" } });
+    // A request that never answers must not stop the page from refreshing.
+    const response = await fetch(element.dataset.refresh, {
+      headers: { Accept: "text/html" },
+      signal: AbortSignal.timeout(15000),
+    });
     if (!response.ok) return;
     const html = await response.text();
     // Expanded parts (a run's output) stay expanded across the swap.
