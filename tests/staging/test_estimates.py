@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import event, inspect, select, text
 
@@ -26,8 +25,8 @@ from ecliptic.staging.estimates import (
 )
 from ecliptic.staging.sources import Replica
 from ecliptic.store import Database, upgrade
-from ecliptic.store.migrate import alembic_config
 from ecliptic.store.tables import Base, TransferRow
+from tests.migrations import alembic_run
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 MB = 10**6
@@ -517,19 +516,8 @@ def test_estimates_and_records_from_many_threads(db: Database) -> None:
 # -- migration -----------------------------------------------------------------------------------------------
 
 
-def _alembic(url: str, action: Callable[[Config, str], None], revision: str) -> None:
-    database = Database(url)
-    try:
-        with database.engine.begin() as conn:
-            cfg = alembic_config(url)
-            cfg.attributes["connection"] = conn
-            action(cfg, revision)
-    finally:
-        database.dispose()
-
-
 def test_migration_0003_upgrades_from_0002_and_matches_the_model(database_url: str) -> None:
-    _alembic(database_url, command.upgrade, "0002")
+    alembic_run(database_url, command.upgrade, "0002")
     database = Database(database_url)
     try:
         with database.write() as session:
@@ -541,7 +529,7 @@ def test_migration_0003_upgrades_from_0002_and_matches_the_model(database_url: s
             )
         assert "transfers" not in inspect(database.engine).get_table_names()
 
-        _alembic(database_url, command.upgrade, "head")
+        alembic_run(database_url, command.upgrade, "0003")
         inspector = inspect(database.engine)
         assert "transfers" in inspector.get_table_names()
         indexes = {index["name"]: index["column_names"] for index in inspector.get_indexes("transfers")}
@@ -556,9 +544,9 @@ def test_migration_0003_upgrades_from_0002_and_matches_the_model(database_url: s
         _record_history(estimator, SOURCE, T0)
         assert estimator.estimate(SOURCE, SITE, GB, now=T0).basis == "dynamic"
 
-        _alembic(database_url, command.downgrade, "0002")
+        alembic_run(database_url, command.downgrade, "0002")
         assert "transfers" not in inspect(database.engine).get_table_names()
-        _alembic(database_url, command.upgrade, "head")
+        alembic_run(database_url, command.upgrade, "head")
         assert "transfers" in inspect(database.engine).get_table_names()
     finally:
         database.dispose()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from ecliptic.broker import kinds, messages
 from ecliptic.broker.plan import ComponentPlan, Plan
@@ -18,9 +18,14 @@ from ecliptic.broker.schema import Message
 from ecliptic.platforms.base import Platform
 from ecliptic.staging.download import StagingError
 from ecliptic.staging.estimates import TransferEstimator
-from ecliptic.staging.inflight import InFlight
 from ecliptic.staging.router import DataSources
 from ecliptic.staging.sources import Replica, Resolved
+
+
+class TransferLoad(Protocol):
+    def count(self, source: str, before: datetime) -> int:
+        """Transfers from ``source`` booked or running that start before ``before``."""
+        ...
 
 
 @dataclass
@@ -65,7 +70,7 @@ def assess(
     sources: DataSources,
     estimator: TransferEstimator,
     now: datetime,
-    in_flight: InFlight | None = None,
+    load: TransferLoad | None = None,
 ) -> DataAssessment:
     result = DataAssessment()
     located: list[tuple[ComponentPlan, Resolved | None]] = []
@@ -131,7 +136,7 @@ def assess(
                     index=index,
                 )
                 break
-            best = _best(platform, found, estimator, now, in_flight)
+            best = _best(platform, found, estimator, now, load)
             total += best["seconds"]
             data.spec.setdefault("estimates", {})[name] = best
         if problem is not None:
@@ -146,7 +151,7 @@ def _best(
     found: Resolved | None,
     estimator: TransferEstimator,
     now: datetime,
-    in_flight: InFlight | None,
+    load: TransferLoad | None,
 ) -> dict[str, Any]:
     site = platform.info.site
     replicas: list[Replica] = found.replicas if found is not None else []
@@ -156,14 +161,18 @@ def _best(
     best: dict[str, Any] | None = None
     for replica in replicas:
         size = replica.size if replica.size is not None else found.size if found else None
-        estimate = estimator.estimate(
-            replica.source,
-            site,
-            size,
-            now=now,
-            replica_site=replica.site,
-            in_flight=in_flight.count(replica.source) if in_flight is not None else 0,
-        )
+
+        def estimate_with(company: int, replica: Replica = replica, size: int | None = size) -> Any:
+            return estimator.estimate(
+                replica.source, site, size, now=now, replica_site=replica.site, in_flight=company
+            )
+
+        estimate = estimate_with(0)
+        if load is not None:
+            # The transfers that can share this one's time are those starting before it would end alone.
+            company = load.count(replica.source, now + timedelta(seconds=estimate.seconds))
+            if company:
+                estimate = estimate_with(company)
         if best is None or estimate.seconds < best["seconds"]:
             best = {
                 "source": replica.source,

@@ -23,6 +23,7 @@ from ecliptic.broker.validate import validate
 from ecliptic.config import Settings
 from ecliptic.isotime import utcnow
 from ecliptic.platforms.base import Platform, RoomLimited
+from ecliptic.staging.booked import BookedTransfers
 from ecliptic.staging.estimates import TransferEstimator
 from ecliptic.staging.inflight import InFlight
 from ecliptic.staging.results import ResultPusher
@@ -81,6 +82,7 @@ class Broker:
         self.estimator = estimator
         self.results = results
         self.in_flight = InFlight()
+        self.booked = BookedTransfers(db)
 
     # -- set-up ----------------------------------------------------------------------------------------------
     def sync_platforms(self) -> None:
@@ -189,7 +191,7 @@ class Broker:
             return checked, None
         data: DataAssessment | None = None
         if checked.data and self.data_sources is not None and self.estimator is not None:
-            data = assess(checked, self.platforms, self.data_sources, self.estimator, now, self.in_flight)
+            data = assess(checked, self.platforms, self.data_sources, self.estimator, now, self.booked)
             if data.refusals:
                 return Rejection(data.refusals + data.notes + checked.messages), None
         data = self._ask_limited_platforms(checked, data)
@@ -270,6 +272,9 @@ class Broker:
                 phase=ComponentPhase.INITIALIZING,
                 spec=_rewrite(component.spec, renamed),
                 state={},
+                staging_source=_staging_source(component.spec, offer.platform)
+                if component.role == "data"
+                else None,
             )
             for position, component in enumerate(plan.components())
         ]
@@ -432,3 +437,10 @@ def _rewrite(value: Any, renamed: dict[str, str]) -> Any:
     if isinstance(value, dict):
         return {key: _rewrite(item, renamed) for key, item in value.items()}
     return value
+
+
+def _staging_source(spec: dict[str, Any], platform: str) -> str | None:
+    """The source a data component is booked to stage from on ``platform``, as its estimate chose."""
+    estimate = (spec.get("estimates") or {}).get(platform) or {}
+    source = estimate.get("source")
+    return str(source) if source else None

@@ -81,7 +81,10 @@ class ComponentRow(Base):
     """One executable, compute, storage or data component of a session, with its own phase."""
 
     __tablename__ = "components"
-    __table_args__ = (Index("ix_components_session", "session_uuid"),)
+    __table_args__ = (
+        Index("ix_components_session", "session_uuid"),
+        Index("ix_components_staging_source", "staging_source"),
+    )
 
     uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
     session_uuid: Mapped[str] = mapped_column(ForeignKey("sessions.uuid"))
@@ -92,6 +95,8 @@ class ComponentRow(Base):
     phase: Mapped[str] = mapped_column(String(16))
     spec: Mapped[dict[str, Any]] = mapped_column(JSONDoc)
     state: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
+    staging_source: Mapped[str | None] = mapped_column(String(256), default=None)
+    """For data: the source its session was booked to stage it from, so booked transfers can be counted."""
 
     session: Mapped[SessionRow] = relationship(back_populates="components")
 
