@@ -430,9 +430,15 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+class _SiteServer(http.server.ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5: a burst of sessions overflows it, and each dropped SYN costs
+    # the client 1, 3, 7, 15 then 31 s of retransmits, far more than any transfer here.
+    request_queue_size = 1024
+
+
 def serve(root: Path, address: str, port: int) -> None:
     handler = type("FileHandler", (_FileHandler,), {"root": root})
-    server = http.server.ThreadingHTTPServer((address, port), handler)
+    server = _SiteServer((address, port), handler)
     server.daemon_threads = True
     signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -101,11 +101,14 @@ def test_migration_0004_adds_the_staging_source_and_matches_the_model(database_u
         assert "staging_source" not in {c["name"] for c in inspect(database.engine).get_columns("components")}
         alembic_run(database_url, command.upgrade, "head")
         inspector = inspect(database.engine)
-        assert "staging_source" in {c["name"] for c in inspector.get_columns("components")}
+        columns = {c["name"]: c for c in inspector.get_columns("components")}
+        assert {"staging_source", "staging_bytes"} <= set(columns)
+        in_flight = next(c for c in inspector.get_columns("transfers") if c["name"] == "in_flight")
+        assert in_flight["type"].python_type is float
         assert "ix_components_staging_source" in {i["name"] for i in inspector.get_indexes("components")}
         with database.engine.connect() as conn:
             differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-            assert [d for d in differences if "components" in repr(d)] == []
+            assert [d for d in differences if "components" in repr(d) or "transfers" in repr(d)] == []
         alembic_run(database_url, command.downgrade, "0003")
         assert "staging_source" not in {c["name"] for c in inspect(database.engine).get_columns("components")}
     finally:

@@ -23,8 +23,8 @@ from ecliptic.staging.sources import Replica, Resolved
 
 
 class TransferLoad(Protocol):
-    def count(self, source: str, before: datetime) -> int:
-        """Transfers from ``source`` booked or running that start before ``before``."""
+    def company(self, source: str, before: datetime, size: int | None) -> float:
+        """Transfers from ``source`` booked or running that start before ``before``, in transfers."""
         ...
 
 
@@ -162,7 +162,7 @@ def _best(
     for replica in replicas:
         size = replica.size if replica.size is not None else found.size if found else None
 
-        def estimate_with(company: int, replica: Replica = replica, size: int | None = size) -> Any:
+        def estimate_with(company: float, replica: Replica = replica, size: int | None = size) -> Any:
             return estimator.estimate(
                 replica.source, site, size, now=now, replica_site=replica.site, in_flight=company
             )
@@ -170,7 +170,7 @@ def _best(
         estimate = estimate_with(0)
         if load is not None:
             # The transfers that can share this one's time are those starting before it would end alone.
-            company = load.count(replica.source, now + timedelta(seconds=estimate.seconds))
+            company = load.company(replica.source, now + timedelta(seconds=estimate.seconds), size)
             if company:
                 estimate = estimate_with(company)
         if best is None or estimate.seconds < best["seconds"]:

@@ -328,11 +328,17 @@ class SessionAdvancer:
     ) -> Step:
         site = self.broker.platforms[platform_name].info.site
         estimate = dict((spec.get("estimates") or {}).get(platform_name) or {})
+        planned = str(estimate.get("source") or "unknown")
+        horizon = utcnow() + timedelta(seconds=float(estimate.get("seconds") or 0.0))
+        # Counted as the offer's estimate counted them, so history and estimates mean the same sharing.
+        size = estimate.get("size")
+        company = self.broker.booked.company(
+            planned, horizon, int(size) if size is not None else None, excluding=component_uuid
+        )
         started = time.monotonic()
         progress = _ProgressWriter(self.db, component_uuid)
         try:
-            with self.broker.in_flight.transfer(str(estimate.get("source") or "unknown")) as transfer:
-                staged, replica = self._fetch(spec, dest_dir, fallback, estimate, progress)
+            staged, replica = self._fetch(spec, dest_dir, fallback, estimate, progress)
         except StagingError as exc:
             if exc.retryable and self._count_attempt(component_uuid) < MAX_STAGING_ATTEMPTS:
                 raise  # the engine retries with backoff
@@ -357,7 +363,7 @@ class SessionAdvancer:
                 session=session_uuid,
                 component=component_uuid,
                 now=now,
-                in_flight=transfer.others,
+                in_flight=company,
             )
         with self.db.write() as session:
             row = lifecycle.locked(session, session_uuid)

@@ -16,7 +16,7 @@ from ecliptic import engine
 from ecliptic.broker import kinds, lifecycle, messages
 from ecliptic.broker.data_plan import DataAssessment, assess
 from ecliptic.broker.phases import ComponentPhase, SessionPhase
-from ecliptic.broker.plan import Plan, Rejection
+from ecliptic.broker.plan import ComponentPlan, Plan, Rejection
 from ecliptic.broker.planner import Offer, Planner
 from ecliptic.broker.schema import ExecutionRequest, Message, PhaseUpdate
 from ecliptic.broker.validate import validate
@@ -25,7 +25,6 @@ from ecliptic.isotime import utcnow
 from ecliptic.platforms.base import Platform, RoomLimited
 from ecliptic.staging.booked import BookedTransfers
 from ecliptic.staging.estimates import TransferEstimator
-from ecliptic.staging.inflight import InFlight
 from ecliptic.staging.results import ResultPusher
 from ecliptic.staging.router import DataSources
 from ecliptic.store.bulk import insert_new
@@ -81,7 +80,6 @@ class Broker:
         self.data_sources = data_sources
         self.estimator = estimator
         self.results = results
-        self.in_flight = InFlight()
         self.booked = BookedTransfers(db)
 
     # -- set-up ----------------------------------------------------------------------------------------------
@@ -272,9 +270,8 @@ class Broker:
                 phase=ComponentPhase.INITIALIZING,
                 spec=_rewrite(component.spec, renamed),
                 state={},
-                staging_source=_staging_source(component.spec, offer.platform)
-                if component.role == "data"
-                else None,
+                staging_source=_staging(component, offer.platform, "source"),
+                staging_bytes=_staging(component, offer.platform, "size"),
             )
             for position, component in enumerate(plan.components())
         ]
@@ -439,8 +436,9 @@ def _rewrite(value: Any, renamed: dict[str, str]) -> Any:
     return value
 
 
-def _staging_source(spec: dict[str, Any], platform: str) -> str | None:
-    """The source a data component is booked to stage from on ``platform``, as its estimate chose."""
-    estimate = (spec.get("estimates") or {}).get(platform) or {}
-    source = estimate.get("source")
-    return str(source) if source else None
+def _staging(component: ComponentPlan, platform: str, key: str) -> Any:
+    """For data: the source it is booked to stage from on ``platform``, or its size, as its estimate says."""
+    if component.role != "data":
+        return None
+    estimate = (component.spec.get("estimates") or {}).get(platform) or {}
+    return estimate.get(key)

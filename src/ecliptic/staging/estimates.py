@@ -204,7 +204,8 @@ class Estimate:
     """Successful transfers from the source to the site that the estimator knew of (up to its history size)."""
     recent: int = 0
     """Of those, the ones within the recent window that a dynamic estimate weighed."""
-    in_flight: int = 0
+    in_flight: float = 0.0
+    """The other transfers sharing the source, in whole-transfer equivalents (see ``ecliptic.staging.booked``)."""
     rule: str | None = None
     """For a static estimate, the configured pattern it used, or ``"default"``."""
 
@@ -220,7 +221,7 @@ class Estimate:
             origin = f"a fit to {self.samples} transfers"
         else:
             origin = f"a fit to {self.samples} transfers, weighted to the {self.recent} recent ones"
-        shared = f", shared with {self.in_flight} more" if self.in_flight else ""
+        shared = f", shared with {self.in_flight:.3g} more" if self.in_flight else ""
         return (
             f"{self.basis} ({origin}): {self.latency_s:.3g} s + {_decimal(self.size, 'B')} at "
             f"{_decimal(self.rate_bps, 'B/s')}{shared} = {self.seconds:.3g} s"
@@ -292,7 +293,7 @@ class _Summary:
     fit: tuple[float, float] | None
     recent: tuple[_Recent, ...]
     """The newest transfers, oldest first."""
-    observed: tuple[tuple[float, float, float, int], ...] = ()
+    observed: tuple[tuple[float, float, float, float], ...] = ()
     """The newest transfers as ``(finished epoch s, bytes, seconds, others in flight)``, newest first."""
 
 
@@ -389,7 +390,7 @@ class TransferEstimator:
         size: int | None,
         *,
         now: datetime,
-        in_flight: int = 0,
+        in_flight: float = 0.0,
         replica_site: str | None = None,
         db_session: Session | None = None,
     ) -> Estimate:
@@ -493,7 +494,7 @@ class TransferEstimator:
         site: str,
         *,
         now: datetime,
-        in_flight: int = 0,
+        in_flight: float = 0.0,
         db_session: Session | None = None,
     ) -> Estimate:
         """:meth:`estimate` for a resolved replica: its source key, size and site."""
@@ -567,7 +568,7 @@ class TransferEstimator:
                     recent.append(_Recent(row.finished_at.timestamp(), moving / shared, moving / seconds))
             recent.reverse()
         observed = tuple(
-            (finished.timestamp(), float(nbytes), float(seconds), int(company or 0))
+            (finished.timestamp(), float(nbytes), float(seconds), float(company or 0))
             for nbytes, seconds, finished, company in rows[:_RECENT_KEPT]
         )
         return _Summary(loaded, generation, len(rows), fit, tuple(recent), observed)
@@ -585,7 +586,7 @@ class TransferEstimator:
         ok: bool = True,
         session: str | None = None,
         component: str | None = None,
-        in_flight: int = 0,
+        in_flight: float = 0.0,
         db_session: Session | None = None,
     ) -> None:
         """Remember a finished transfer of ``size`` bytes that took ``seconds`` and ended at ``now``.

@@ -97,6 +97,8 @@ class ComponentRow(Base):
     state: Mapped[dict[str, Any]] = mapped_column(JSONDoc, default=dict)
     staging_source: Mapped[str | None] = mapped_column(String(256), default=None)
     """For data: the source its session was booked to stage it from, so booked transfers can be counted."""
+    staging_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    """For data: its size when known, so a transfer sharing the source counts by how much it moves."""
 
     session: Mapped[SessionRow] = relationship(back_populates="components")
 
@@ -302,7 +304,8 @@ class TransferRow(Base):
     seconds: Mapped[float] = mapped_column(Float)
     finished_at: Mapped[datetime] = mapped_column(UTCDateTime())
     ok: Mapped[bool] = mapped_column(default=True)
-    in_flight: Mapped[int] = mapped_column(Integer, default=0)
+    in_flight: Mapped[float] = mapped_column(Float, default=0.0)
+    """The transfers from the source it shared with, in whole-transfer equivalents, when it started."""
     """Other transfers from the same source running at the same time, as far as the recorder knew: they shared
     the source's bandwidth, so this transfer's own rate understates what the source can do."""
     session_uuid: Mapped[str | None] = mapped_column(String(36))
