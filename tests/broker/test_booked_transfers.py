@@ -59,6 +59,12 @@ def _estimate(offer: dict[str, Any]) -> float:
     return float(offer["data"][0]["staging"]["estimated_seconds"])
 
 
+def _accept_new(http: httpx.Client, location: str) -> str:
+    uuid = str(_offer(http, location)["meta"]["uuid"])
+    assert http.post(f"sessions/{uuid}", json=accept()).status_code == 200
+    return uuid
+
+
 def test_accepted_sessions_share_the_source_in_later_estimates_on_every_broker(
     brokers: tuple[httpx.Client, httpx.Client],
     data_url: str,  # noqa: F811
@@ -71,8 +77,7 @@ def test_accepted_sessions_share_the_source_in_later_estimates_on_every_broker(
     assert _estimate(_offer(first, data_url)) == pytest.approx(alone, rel=0.01)
 
     for _ in range(3):
-        offer = _offer(first, data_url)
-        assert first.post(f"sessions/{offer['meta']['uuid']}", json=accept()).status_code == 200
+        _accept_new(first, data_url)
     assert _estimate(_offer(first, data_url)) == pytest.approx(4 * alone, rel=0.01)
     # The other broker has no transfer of its own running, and sees the same three.
     assert _estimate(_offer(second, data_url)) == pytest.approx(4 * alone, rel=0.01)
@@ -84,11 +89,7 @@ def test_sessions_that_ended_no_longer_count(
 ) -> None:
     first, _ = brokers
     alone = len(PAYLOAD) / RATE
-    accepted = []
-    for _ in range(2):
-        offer = _offer(first, data_url)
-        assert first.post(f"sessions/{offer['meta']['uuid']}", json=accept()).status_code == 200
-        accepted.append(offer["meta"]["uuid"])
+    accepted = [_accept_new(first, data_url) for _ in range(2)]
     assert _estimate(_offer(first, data_url)) == pytest.approx(3 * alone, rel=0.01)
     assert first.post(f"sessions/{accepted[0]}", json=accept("CANCELLED")).status_code == 200
     assert _estimate(_offer(first, data_url)) == pytest.approx(2 * alone, rel=0.01)
