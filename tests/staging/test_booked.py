@@ -47,7 +47,7 @@ def _session(
     )
     row.components = [
         ComponentRow(
-            uuid=f"{row.uuid}-{index}",
+            uuid=str(uuid.uuid4()),
             position=index,
             role="data",
             kind="urn:ecliptic:data:simple",
