@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from ecliptic.broker import kinds
+from ecliptic.durable import write_json_atomic as real_write
 from ecliptic.platforms import skaha as skaha_module
 from ecliptic.platforms.base import COMMAND_KIND, Image, LaunchSpec, Platform, RunState, RunStatus
 from ecliptic.platforms.skaha import (
@@ -29,7 +30,6 @@ from ecliptic.platforms.skaha import (
     build,
     session_name,
 )
-from ecliptic.platforms.supervisor import write_json_atomic as real_write
 from tests.fakes.oidc import FakeOidc
 from tests.fakes.skaha import FakeSkaha, Outcome
 from tests.platforms.runs import launch_spec, poll_until

@@ -34,10 +34,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
@@ -45,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from ecliptic.broker.kinds import DOCKER as DOCKER_KIND
+from ecliptic.durable import write_bytes_atomic, write_json_atomic, write_json_once, write_text_atomic
 from ecliptic.isotime import format_instant, parse_instant, utcnow
 from ecliptic.platforms.base import (
     COMMAND_KIND,
@@ -70,8 +70,6 @@ from ecliptic.platforms.supervisor import (
     STOP_FILE,
     describe_exit,
     read_json,
-    write_json_atomic,
-    write_text_atomic,
 )
 
 if TYPE_CHECKING:
@@ -290,8 +288,9 @@ class DockerPlatform:
                 "network = 'host'"
             )
         if spec.deadline <= utcnow():
-            _record_result(
-                control, {"reason": REASON_DEADLINE, "message": "the deadline passed before launch"}
+            write_json_once(
+                control / EXIT_FILE,
+                {"reason": REASON_DEADLINE, "message": "the deadline passed before launch"},
             )
             return handle
         existing = self._inspect(name)
@@ -422,7 +421,7 @@ class DockerPlatform:
                     f"the container runtime refused the cpu/memory limits ({message}); Ecliptic does not run "
                     "containers without the limits they were booked with"
                 )
-            _record_result(control, {"reason": REASON_NOT_STARTED, "message": message})
+            write_json_once(control / EXIT_FILE, {"reason": REASON_NOT_STARTED, "message": message})
             self._remove(name)
 
     def _resolve_image(self, spec: LaunchSpec) -> str:
@@ -536,7 +535,7 @@ class DockerPlatform:
         }
         if _status(details) == "created" and state.get("Error"):
             record = {"reason": REASON_NOT_STARTED, "message": str(state["Error"])}
-        _record_result(control, record)
+        write_json_once(control / EXIT_FILE, record)
         return read_json(control / EXIT_FILE) or record
 
     def _connectors(self, control: Path, handle: dict[str, Any]) -> tuple[Connector, ...]:
@@ -582,8 +581,8 @@ class DockerPlatform:
                 self._save_logs(workdir, name)
             state = (details or {}).get("State") or {}
             code = state.get("ExitCode") if details is not None and _status(details) in _FINISHED else None
-            _record_result(
-                control,
+            write_json_once(
+                control / EXIT_FILE,
                 {
                     "reason": reason,
                     "message": message,
@@ -621,7 +620,7 @@ class DockerPlatform:
         for file, stdout in ((STDOUT_LOG, True), (STDERR_LOG, False)):
             try:
                 chunks = self.api.logs(name, stdout=stdout, stderr=not stdout, stream=True, follow=False)
-                _write_stream(logs / file, chunks)
+                write_bytes_atomic(logs / file, chunks)
             except docker.errors.NotFound:
                 return
 
@@ -745,36 +744,6 @@ def _deadline(details: dict[str, Any], handle: dict[str, Any]) -> datetime | Non
             except ValueError:
                 continue
     return None
-
-
-def _record_result(control: Path, record: dict[str, Any]) -> None:
-    """Write ``exit.json`` unless someone already did: the first to see the end decides how it ended."""
-    if (control / EXIT_FILE).exists():
-        return
-    fd, tmp = tempfile.mkstemp(dir=control, prefix=f".{EXIT_FILE}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write_json_atomic(Path(tmp), record)
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, control / EXIT_FILE)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-
-
-def _write_stream(path: Path, chunks: Iterable[bytes]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in chunks:
-                fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _read_text(path: Path) -> str | None:

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
+from ecliptic.durable import write_json_atomic, write_text_atomic
 from ecliptic.isotime import format_duration, format_instant, utcnow
 from ecliptic.platforms.base import (
     COMMAND_KIND,
@@ -60,8 +61,6 @@ from ecliptic.platforms.supervisor import (
     STDOUT_LOG,
     describe_exit,
     read_json,
-    write_json_atomic,
-    write_text_atomic,
 )
 
 if TYPE_CHECKING:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import ecliptic
+from ecliptic.durable import write_json_atomic, write_text_atomic
 from ecliptic.isotime import format_duration, format_instant, parse_instant, utcnow
 from ecliptic.platforms.base import (
     COMMAND_KIND,
@@ -51,8 +52,6 @@ from ecliptic.platforms.supervisor import (
     process_info,
     read_json,
     signal_group,
-    write_json_atomic,
-    write_text_atomic,
 )
 
 START_WINDOW = 30.0

@@ -41,6 +41,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 import ecliptic
 from ecliptic.broker import kinds
+from ecliptic.durable import write_json_atomic, write_text_atomic
 from ecliptic.isotime import IsoTimeError, format_instant, parse_instant, utcnow
 from ecliptic.platforms.base import (
     COMMAND_KIND,
@@ -56,8 +57,6 @@ from ecliptic.platforms.supervisor import (
     LOGS_DIR,
     STDOUT_LOG,
     read_json,
-    write_json_atomic,
-    write_text_atomic,
 )
 from ecliptic.platforms.tokens import StaticToken, TokenError, TokenSource, token_source
 

@@ -34,6 +34,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 from pydantic import Field, model_validator
 
+from ecliptic.durable import write_json_atomic, write_text_atomic
 from ecliptic.isotime import format_instant, utcnow
 from ecliptic.platforms.base import COMMAND_KIND, LaunchSpec, PlatformInfo, RunState, RunStatus
 from ecliptic.platforms.config import Duration, PlatformConfig
@@ -46,8 +47,6 @@ from ecliptic.platforms.supervisor import (
     STDOUT_LOG,
     describe_exit,
     read_json,
-    write_json_atomic,
-    write_text_atomic,
 )
 
 SLURM_DIR = "slurm"

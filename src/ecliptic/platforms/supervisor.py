@@ -35,7 +35,6 @@ import resource
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections import Counter
@@ -47,6 +46,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from ecliptic.durable import write_json_atomic
 from ecliptic.isotime import format_instant, parse_instant, utcnow
 
 CONTROL_DIR = ".ecliptic"
@@ -81,26 +81,6 @@ _DEAD_STATES = frozenset({"Z", "X", "x"})
 
 
 # -- files ---------------------------------------------------------------------------------------------------
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Readers see the old file or the whole new one, never a torn write, even across a power cut."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    # A unique temporary name, because two launches of one session may write the same file concurrently.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -26,6 +26,8 @@ from urllib.request import url2pathname
 
 import httpx
 
+from ecliptic.durable import fsync_dir
+
 CHUNK = 1 << 20
 MAX_NAME_BYTES = 255
 _SAFE_PUNCTUATION = frozenset("._-+=@,")
@@ -287,16 +289,6 @@ def discard_part(part: Path, meta: Path) -> None:
     for path in (part, meta):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-
-
-def fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; some platforms cannot open a directory, which costs only durability.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # -- file: ---------------------------------------------------------------------------------------------------

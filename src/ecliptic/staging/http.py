@@ -23,6 +23,7 @@ from urllib.request import url2pathname
 
 import httpx
 
+from ecliptic.durable import fsync_dir
 from ecliptic.staging.download import (
     CHUNK,
     MAX_NAME_BYTES,
@@ -31,7 +32,6 @@ from ecliptic.staging.download import (
     StagingError,
     exclusive,
     filename_for,
-    fsync_dir,
     http_errors,
     shared_client,
     stage,

@@ -30,7 +30,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import time
 import zlib
 from collections.abc import Callable, Mapping
@@ -41,6 +40,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
+from ecliptic.durable import write_json_atomic
 from ecliptic.staging.download import CHUNK, StagedFile, StagingError, filename_for, http_errors
 from ecliptic.staging.sources import Progress, Replica, Resolved
 
@@ -437,15 +437,4 @@ def _read_record(path: Path) -> dict[str, Any] | None:
 def _write_record(path: Path, record: dict[str, Any]) -> None:
     """Durably: the record is what stops a second submission, so it must survive the crash it is for."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as fh:
-        json.dump(record, fh, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(temporary, path)
-    with contextlib.suppress(OSError):
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    write_json_atomic(path, record)

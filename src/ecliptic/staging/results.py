@@ -32,11 +32,12 @@ from urllib.request import url2pathname
 
 import httpx
 
+from ecliptic.durable import fsync_dir
 from ecliptic.mesh.blocks import HOLE, hash_bytes
 from ecliptic.mesh.client import MeshClient
 from ecliptic.mesh.manifest import Block
 from ecliptic.mesh.wire import MeshError
-from ecliptic.staging.download import CHUNK, StagingError, fsync_dir, http_errors, open_part
+from ecliptic.staging.download import CHUNK, StagingError, http_errors, open_part
 from ecliptic.staging.http import raise_for_status, sha256_file
 from ecliptic.staging.mesh import check_pod_named, mesh_error, mesh_session, parse_mesh_url
 from ecliptic.staging.s3 import S3Config, s3_client, s3_error

@@ -43,6 +43,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from ecliptic.durable import fsync_dir, write_json_atomic
 from ecliptic.staging.download import CHUNK, StagedFile, StagingError, filename_for, http_errors, stage
 from ecliptic.staging.sources import Progress, Replica, Resolved
 
@@ -218,7 +219,7 @@ class RucioSource:
             return self._fetch_collection(did, files, dest_dir, replica.site, progress, record)
         finally:
             if record.files:
-                _write_json(record_path, {"did": record.did, "files": record.files})
+                write_json_atomic(record_path, {"did": record.did, "files": record.files})
 
     # -- catalogue -------------------------------------------------------------------------------------------
 
@@ -652,20 +653,3 @@ def _expiry(header: str | None) -> float:
         with contextlib.suppress(TypeError, ValueError):
             return parsedate_to_datetime(header).timestamp()
     return time.time() + 3600
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def fsync_dir(directory: Path) -> None:
-    # Makes the rename durable; a platform that cannot open a directory loses only that.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
