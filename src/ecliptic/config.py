@@ -40,6 +40,7 @@ def _duration(value: Any) -> Any:
 IsoDuration = Annotated[
     timedelta, BeforeValidator(_duration), PlainSerializer(format_duration, return_type=str)
 ]
+"""An ISO 8601 duration (``PT30S``) or a number of seconds."""
 
 
 def _default_data_dir() -> Path:

@@ -8,27 +8,11 @@ Platforms are configured in ``ecliptic.toml`` under ``[platforms.<name>]`` with 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field
 
-from ecliptic.isotime import IsoTimeError, format_duration, parse_duration
+from ecliptic.config import IsoDuration
 from ecliptic.platforms.base import Capacity
-
-
-def _duration(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return parse_duration(value)
-        except IsoTimeError as exc:
-            raise ValueError(str(exc)) from exc
-    if isinstance(value, int | float):
-        return timedelta(seconds=value)
-    return value
-
-
-Duration = Annotated[timedelta, BeforeValidator(_duration), PlainSerializer(format_duration, return_type=str)]
-"""An ISO 8601 duration (``PT30S``) or a number of seconds."""
 
 
 class PlatformConfig(BaseModel):
@@ -38,7 +22,7 @@ class PlatformConfig(BaseModel):
     cores: int = Field(default=2, ge=1, description="Cores the broker may book on this platform at once.")
     memory_gib: int = Field(default=4, ge=1)
     storage_gib: int = Field(default=100, ge=1)
-    max_duration: Duration = Field(default=timedelta(hours=24))
+    max_duration: IsoDuration = Field(default=timedelta(hours=24))
     site: str = Field(
         default="local",
         description="Where this platform's storage is (a name shared with data sources, e.g. an RSE or a pod); "

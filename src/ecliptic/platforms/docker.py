@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from ecliptic.broker.kinds import DOCKER as DOCKER_KIND
+from ecliptic.config import IsoDuration
 from ecliptic.durable import write_bytes_atomic, write_json_atomic, write_json_once, write_text_atomic
 from ecliptic.isotime import format_instant, parse_instant, utcnow
 from ecliptic.platforms.base import (
@@ -56,7 +57,7 @@ from ecliptic.platforms.base import (
     RunState,
     RunStatus,
 )
-from ecliptic.platforms.config import Duration, PlatformConfig
+from ecliptic.platforms.config import PlatformConfig
 from ecliptic.platforms.local import read_logs
 from ecliptic.platforms.supervisor import (
     CONTROL_DIR,
@@ -130,13 +131,13 @@ class DockerConfig(PlatformConfig):
         "executables only.",
     )
     user: str | None = Field(default=None, description="uid[:gid] to run as; the image's user when unset.")
-    stop_grace: Duration = Field(
+    stop_grace: IsoDuration = Field(
         default=timedelta(seconds=5), description="How long a stopped container may take before it is killed."
     )
     pull_seconds: float = Field(
         default=60.0, ge=0, description="The estimated time to pull an image that is not on the daemon."
     )
-    api_timeout: Duration = Field(default=timedelta(seconds=60))
+    api_timeout: IsoDuration = Field(default=timedelta(seconds=60))
 
 
 class DockerError(Exception):

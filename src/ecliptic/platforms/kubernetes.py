@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
+from ecliptic.config import IsoDuration
 from ecliptic.durable import write_json_atomic, write_text_atomic
 from ecliptic.isotime import format_duration, format_instant, utcnow
 from ecliptic.platforms.base import (
@@ -53,7 +54,7 @@ from ecliptic.platforms.base import (
     RunState,
     RunStatus,
 )
-from ecliptic.platforms.config import Duration, PlatformConfig
+from ecliptic.platforms.config import PlatformConfig
 from ecliptic.platforms.local import read_logs
 from ecliptic.platforms.supervisor import (
     CONTROL_DIR,
@@ -148,11 +149,11 @@ class KubernetesConfig(PlatformConfig):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     run_as_user: int | None = Field(default=None, ge=0)
     run_as_group: int | None = Field(default=None, ge=0)
-    ttl_after_finished: Duration = Field(
+    ttl_after_finished: IsoDuration = Field(
         default=timedelta(hours=1),
         description="How long a finished Job stays for inspection (the broker has its result already).",
     )
-    request_timeout: Duration = Field(default=timedelta(seconds=30))
+    request_timeout: IsoDuration = Field(default=timedelta(seconds=30))
 
     @model_validator(mode="after")
     def _consistent(self) -> KubernetesConfig:

@@ -41,6 +41,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 import ecliptic
 from ecliptic.broker import kinds
+from ecliptic.config import IsoDuration
 from ecliptic.durable import write_json_atomic, write_text_atomic
 from ecliptic.isotime import IsoTimeError, format_instant, parse_instant, utcnow
 from ecliptic.platforms.base import (
@@ -51,7 +52,7 @@ from ecliptic.platforms.base import (
     RunState,
     RunStatus,
 )
-from ecliptic.platforms.config import Duration, PlatformConfig
+from ecliptic.platforms.config import PlatformConfig
 from ecliptic.platforms.supervisor import (
     CONTROL_DIR,
     LOGS_DIR,
@@ -165,7 +166,7 @@ class SkahaConfig(PlatformConfig):
     client_id: str | None = None
     client_secret: SecretStr | None = None
     refresh_token: SecretStr | None = None
-    refresh_margin: Duration = Field(
+    refresh_margin: IsoDuration = Field(
         default=timedelta(seconds=60),
         description="Refresh the access token this long before it expires (at most halfway through its life).",
     )
@@ -179,11 +180,11 @@ class SkahaConfig(PlatformConfig):
         ge=0,
         description="Interactive sessions this account may have at once; defaults to Skaha's own limit.",
     )
-    renew_margin: Duration = Field(
+    renew_margin: IsoDuration = Field(
         default=timedelta(hours=1),
         description="Renew a session whose Skaha expiry is this close and earlier than the booked end.",
     )
-    image_pull_grace: Duration = Field(
+    image_pull_grace: IsoDuration = Field(
         default=timedelta(minutes=5),
         description="A session Pending this long with image-pull failure events counts as failed.",
     )

@@ -34,10 +34,11 @@ from typing import Any, Literal, TypeVar
 import httpx
 from pydantic import Field, model_validator
 
+from ecliptic.config import IsoDuration
 from ecliptic.durable import write_json_atomic, write_text_atomic
 from ecliptic.isotime import format_instant, utcnow
 from ecliptic.platforms.base import COMMAND_KIND, LaunchSpec, PlatformInfo, RunState, RunStatus
-from ecliptic.platforms.config import Duration, PlatformConfig
+from ecliptic.platforms.config import PlatformConfig
 from ecliptic.platforms.local import read_logs
 from ecliptic.platforms.supervisor import (
     CONTROL_DIR,
@@ -120,7 +121,7 @@ class SlurmConfig(PlatformConfig):
         default="auto",
         description="auto: slurmrestd when rest_url is set and answers a ping, else the sbatch command.",
     )
-    request_timeout: Duration = Field(default=timedelta(seconds=30))
+    request_timeout: IsoDuration = Field(default=timedelta(seconds=30))
 
     @model_validator(mode="after")
     def _rest_needs_url(self) -> SlurmConfig:

@@ -127,6 +127,16 @@ class Hashes:
     def matches(self) -> bool:
         return self.expected is None or self.actual() == self.expected
 
+    def staged(self, path: Path) -> StagedFile:
+        """What was staged at ``path``, as these hashes saw it."""
+        return StagedFile(
+            path=path,
+            size=self.size,
+            sha256=self.sha256.hexdigest(),
+            algorithm=self.algorithm,
+            digest=self.actual(),
+        )
+
 
 def _normalise_checksum(checksum: tuple[str, str]) -> tuple[str, str]:
     algorithm, digest = checksum
@@ -233,7 +243,7 @@ def _stage_locked(
         existing = Hashes(checksum)
         _hash_file(dest, existing)
         if existing.matches():
-            return _result(dest, existing)
+            return existing.staged(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if scheme in ("http", "https"):
         _fetch_http(url, dest, hashes, timeout=timeout, progress=progress)
@@ -245,17 +255,7 @@ def _stage_locked(
             f"cannot stage {url!r}: unsupported URL scheme {raw_scheme or '(none)'!r} "
             "(supported: http, https, file)"
         )
-    return _result(dest, hashes)
-
-
-def _result(path: Path, hashes: Hashes) -> StagedFile:
-    return StagedFile(
-        path=path,
-        size=hashes.size,
-        sha256=hashes.sha256.hexdigest(),
-        algorithm=hashes.algorithm,
-        digest=hashes.actual(),
-    )
+    return hashes.staged(dest)
 
 
 def part_paths(dest: Path) -> tuple[Path, Path]:

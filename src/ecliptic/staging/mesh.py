@@ -259,7 +259,7 @@ def _fetch_file(
 ) -> StagedFile:
     existing = Hashes(checksum)
     if dest.is_file() and not dest.is_symlink() and _intact(dest, entry, existing) and existing.matches():
-        return _staged(dest, existing)
+        return existing.staged(dest)
     hashes = Hashes(checksum)
     key = {"url": url, "manifest": _manifest_key(entry)}
     start = _resume(part, meta, key, entry, hashes)
@@ -291,7 +291,7 @@ def _fetch_file(
         discard_part(part, meta)
         raise StagingError(f"{url}: read {hashes.size} bytes, the file has {entry.size}", retryable=True)
     complete_part(part, meta, dest, hashes, url)
-    return _staged(dest, hashes)
+    return hashes.staged(dest)
 
 
 def _resume(part: Path, meta: Path, key: dict[str, str], entry: Entry, hashes: Hashes) -> int:
@@ -337,13 +337,3 @@ def _intact(path: Path, entry: Entry, hashes: Hashes | None = None) -> bool:
     except OSError:
         return False
     return True
-
-
-def _staged(path: Path, hashes: Hashes) -> StagedFile:
-    return StagedFile(
-        path=path,
-        size=hashes.size,
-        sha256=hashes.sha256.hexdigest(),
-        algorithm=hashes.algorithm,
-        digest=hashes.actual(),
-    )

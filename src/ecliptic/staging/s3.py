@@ -444,7 +444,7 @@ class S3Source:
             check = _EtagCheck(item, part_length)
             _feed(dest, existing, check)
             if existing.matches() and check.mismatch() is None:
-                return _staged(dest, existing)
+                return existing.staged(dest)
         hashes = Hashes(checksum)
         check = _EtagCheck(item, part_length)
         identity = {"object": target.url(item.key), "etag": item.etag, "size": item.size}
@@ -467,7 +467,7 @@ class S3Source:
             discard_part(part, meta)
             raise StagingError(f"{what}: {mismatch}")
         complete_part(part, meta, dest, hashes, what)
-        return _staged(dest, hashes)
+        return hashes.staged(dest)
 
     def _range(
         self,
@@ -536,16 +536,6 @@ def _feed(path: Path, hashes: Hashes, check: _EtagCheck) -> None:
         while chunk := handle.read(CHUNK):
             hashes.update(chunk)
             check.update(chunk)
-
-
-def _staged(path: Path, hashes: Hashes) -> StagedFile:
-    return StagedFile(
-        path=path,
-        size=hashes.size,
-        sha256=hashes.sha256.hexdigest(),
-        algorithm=hashes.algorithm,
-        digest=hashes.actual(),
-    )
 
 
 class _EtagCheck:
