@@ -8,7 +8,7 @@ staged from and the estimate, so that the session records estimated against actu
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -159,20 +159,14 @@ def _best(
         guess = estimator.estimate("unknown", site, None, now=now)
         return {"source": "unknown", "seconds": guess.seconds, "basis": guess.basis, "size": None}
     best: dict[str, Any] | None = None
-    for replica in replicas:
-        size = replica.size if replica.size is not None else found.size if found else None
-
-        def estimate_with(company: float, replica: Replica = replica, size: int | None = size) -> Any:
-            return estimator.estimate(
-                replica.source, site, size, now=now, replica_site=replica.site, in_flight=company
-            )
-
-        estimate = estimate_with(0)
+    for listed in replicas:
+        replica = listed if listed.size is not None or found is None else replace(listed, size=found.size)
+        estimate = estimator.estimate_replica(replica, site, now=now)
         if load is not None:
             # The transfers that can share this one's time are those starting before it would end alone.
-            company = load.company(replica.source, now + timedelta(seconds=estimate.seconds), size)
+            company = load.company(replica.source, now + timedelta(seconds=estimate.seconds), replica.size)
             if company:
-                estimate = estimate_with(company)
+                estimate = estimator.estimate_replica(replica, site, now=now, in_flight=company)
         if best is None or estimate.seconds < best["seconds"]:
             best = {
                 "source": replica.source,
@@ -180,7 +174,7 @@ def _best(
                 "seconds": estimate.seconds,
                 "basis": estimate.basis,
                 "in_flight": estimate.in_flight,
-                "size": size,
+                "size": replica.size,
             }
     assert best is not None
     return best

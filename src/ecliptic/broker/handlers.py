@@ -317,6 +317,18 @@ class SessionAdvancer:
             session_type="notebook" if executable.kind == kinds.JUPYTER else "headless",
         )
 
+    def _company(self, component_uuid: str, estimate: dict[str, Any]) -> float:
+        """The transfers sharing this one's source as it starts, counted as the offer's estimate counted them,
+        so the history and the estimates made from it mean the same sharing."""
+        horizon = utcnow() + timedelta(seconds=float(estimate.get("seconds") or 0.0))
+        size = estimate.get("size")
+        return self.broker.booked.company(
+            str(estimate.get("source") or "unknown"),
+            horizon,
+            int(size) if size is not None else None,
+            excluding=component_uuid,
+        )
+
     def _stage(
         self,
         session_uuid: str,
@@ -328,13 +340,7 @@ class SessionAdvancer:
     ) -> Step:
         site = self.broker.platforms[platform_name].info.site
         estimate = dict((spec.get("estimates") or {}).get(platform_name) or {})
-        planned = str(estimate.get("source") or "unknown")
-        horizon = utcnow() + timedelta(seconds=float(estimate.get("seconds") or 0.0))
-        # Counted as the offer's estimate counted them, so history and estimates mean the same sharing.
-        size = estimate.get("size")
-        company = self.broker.booked.company(
-            planned, horizon, int(size) if size is not None else None, excluding=component_uuid
-        )
+        company = self._company(component_uuid, estimate) if self.broker.estimator is not None else 0.0
         started = time.monotonic()
         progress = _ProgressWriter(self.db, component_uuid)
         try:
