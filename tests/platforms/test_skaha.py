@@ -574,21 +574,24 @@ def test_a_headless_job_cut_off_by_the_deadline_fails(
 # -- tokens that expire while sessions run ---------------------------------------------------------------------
 
 
+def _oidc_settings(oidc: FakeOidc) -> dict[str, Any]:
+    """A platform that gets its tokens from ``oidc`` by the refresh-token grant, with no static token."""
+    return {
+        "token": None,
+        "oidc_token_url": oidc.token_url,
+        "client_id": oidc.client_id,
+        "client_secret": oidc.client_secret,
+        "refresh_token": oidc.refresh_token,
+    }
+
+
 def test_tokens_are_refreshed_in_the_background_while_a_session_runs(
     make_platform: Callable[..., SkahaPlatform], tmp_path: Path
 ) -> None:
     oidc = FakeOidc(lifetime=1.0)
     fake = FakeSkaha(tokens=set(), oidc=oidc)
     with fake.serve():
-        platform = make_platform(
-            url=fake.url,
-            token=None,
-            oidc_token_url=oidc.token_url,
-            client_id=oidc.client_id,
-            client_secret=oidc.client_secret,
-            refresh_token=oidc.refresh_token,
-            refresh_margin=0.5,
-        )
+        platform = make_platform(url=fake.url, **_oidc_settings(oidc), refresh_margin=0.5)
         handle = platform.launch(make_spec(tmp_path, ["sleep", "2.5"]))
         status = wait_for(platform, tmp_path, handle, timeout=10)
         assert status.state == RunState.SUCCEEDED
@@ -605,14 +608,7 @@ def test_a_token_refused_in_flight_is_replaced_and_the_request_repeated(
     oidc = FakeOidc(lifetime=30)
     fake = FakeSkaha(tokens=set(), oidc=oidc)
     with fake.serve():
-        platform = make_platform(
-            url=fake.url,
-            token=None,
-            oidc_token_url=oidc.token_url,
-            client_id=oidc.client_id,
-            client_secret=oidc.client_secret,
-            refresh_token=oidc.refresh_token,
-        )
+        platform = make_platform(url=fake.url, **_oidc_settings(oidc))
         handle = platform.launch(make_spec(tmp_path, ["sleep", "30"]))
         # The server revokes the token (or the clocks disagree): the next call gets a 401 and recovers.
         oidc._issued.clear()

@@ -15,6 +15,7 @@ from ecliptic.staging import StagingError
 from ecliptic.staging.results import PushedFile, ResultPusher, push_results
 from tests.conftest import free_port
 from tests.mesh.harness import Network, PodProcess
+from tests.staging.moto_s3 import moto_endpoint
 from tests.staging.test_http_source import Server, serve
 
 MiB = 1024 * 1024
@@ -108,16 +109,8 @@ def test_mesh_push_errors(pod: PodProcess, results: tuple[Path, dict[str, bytes]
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
-    pytest.importorskip("boto3")
-    moto_server = pytest.importorskip("moto.server")
-    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_endpoint() as url:
+        yield url
 
 
 def _s3(endpoint: str) -> tuple[Any, Any]:

@@ -13,27 +13,22 @@ from typing import Any
 import pytest
 
 pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
+pytest.importorskip("moto.server")
 
-from ecliptic.broker.kinds import DATA_S3  # noqa: E402 - only once boto3 is known to be there
-from ecliptic.staging import StagingError  # noqa: E402
-from ecliptic.staging.http import tree_digest  # noqa: E402
-from ecliptic.staging.s3 import S3Config, S3Credentials, S3Source, s3_client  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from ecliptic.broker.kinds import DATA_S3
+from ecliptic.staging import StagingError
+from ecliptic.staging.http import tree_digest
+from ecliptic.staging.s3 import S3Config, S3Credentials, S3Source, s3_client
+from tests.conftest import free_port
+from tests.staging.moto_s3 import moto_endpoint
 
 MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_endpoint() as url:
+        yield url
 
 
 @pytest.fixture
