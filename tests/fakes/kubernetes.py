@@ -1552,6 +1552,23 @@ def _quantity(text: Any) -> float | None:
     return None
 
 
+def _check_unique_label(causes: list[tuple[str, str, str]], field: str, name: Any, seen: set[str]) -> None:
+    """A required name that must be an RFC 1123 label, unique among its siblings (volumes, containers)."""
+    if not name:
+        causes.append(_required(field))
+    elif not _DNS_LABEL.match(name) or len(name) > 63:
+        causes.append(
+            _bad(
+                field,
+                name,
+                "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'",
+            )
+        )
+    elif name in seen:
+        causes.append(("FieldValueDuplicate", field, f"Duplicate value: {_go(name)}"))
+    seen.add(name or "")
+
+
 def _validate_job(job: dict[str, Any]) -> list[tuple[str, str, str]]:
     causes: list[tuple[str, str, str]] = []
     metadata = job.get("metadata") or {}
@@ -1608,20 +1625,7 @@ def _validate_job(job: dict[str, Any]) -> list[tuple[str, str, str]]:
     volumes: set[str] = set()
     for index, volume in enumerate(pod.get("volumes") or []):
         where = f"{base}.volumes[{index}]"
-        volume_name = volume.get("name")
-        if not volume_name:
-            causes.append(_required(f"{where}.name"))
-        elif not _DNS_LABEL.match(volume_name) or len(volume_name) > 63:
-            causes.append(
-                _bad(
-                    f"{where}.name",
-                    volume_name,
-                    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'",
-                )
-            )
-        elif volume_name in volumes:
-            causes.append(("FieldValueDuplicate", f"{where}.name", f"Duplicate value: {_go(volume_name)}"))
-        volumes.add(volume_name or "")
+        _check_unique_label(causes, f"{where}.name", volume.get("name"), volumes)
         sources = [s for s in _VOLUME_SOURCES if s in volume]
         if not sources:
             causes.append(_required(where, "must specify a volume type"))
@@ -1647,20 +1651,7 @@ def _validate_job(job: dict[str, Any]) -> list[tuple[str, str, str]]:
     names: set[str] = set()
     for index, container in enumerate(containers):
         where = f"{base}.containers[{index}]"
-        container_name = container.get("name")
-        if not container_name:
-            causes.append(_required(f"{where}.name"))
-        elif not _DNS_LABEL.match(container_name) or len(container_name) > 63:
-            causes.append(
-                _bad(
-                    f"{where}.name",
-                    container_name,
-                    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-'",
-                )
-            )
-        elif container_name in names:
-            causes.append(("FieldValueDuplicate", f"{where}.name", f"Duplicate value: {_go(container_name)}"))
-        names.add(container_name or "")
+        _check_unique_label(causes, f"{where}.name", container.get("name"), names)
         if not container.get("image"):
             causes.append(_required(f"{where}.image"))
         policy = container.get("imagePullPolicy")
