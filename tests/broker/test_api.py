@@ -126,6 +126,15 @@ def test_malformed_requests_name_the_field(http: httpx.Client, body: dict, loc: 
     assert any(detail["loc"][: len(loc)] == loc for detail in error["details"]), error
 
 
+def test_a_digest_yaml_read_as_a_number_says_to_quote_it(http: httpx.Client) -> None:
+    # `value: 0123…` unquoted in a YAML request arrives as a number, without its leading zero.
+    data = [{"location": "http://127.0.0.1:9/cube.fits", "checksum": {"type": "md5", "value": 1234567890}}]
+    response = offers(http, command_request("true", data=data))
+    assert response.status_code == 400, response.text
+    assert "put it in quotes" in response.json()["message"]
+    assert response.json()["details"][0]["loc"] == ["data", 0, "checksum", "value"]
+
+
 @pytest.mark.parametrize(
     ("body", "kind", "words"),
     [

@@ -63,6 +63,14 @@ class Checksum(WireModel):
     type: str
     value: str
 
+    @field_validator("value", mode="before")
+    @classmethod
+    def _digest_not_number(cls, value: Any) -> Any:
+        # An unquoted all-digit digest is a number in YAML, and has lost any leading zeros on the way.
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            raise ValueError("a checksum is text: the digest was read as a number, so put it in quotes")
+        return value
+
 
 class StartDuration(BaseModel):
     start: str | None = None
